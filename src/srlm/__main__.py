@@ -1,0 +1,5 @@
+import sys
+
+from srlm.cli import main
+
+sys.exit(main())
