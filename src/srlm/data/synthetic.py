@@ -15,10 +15,9 @@ import random
 import zlib
 from dataclasses import dataclass
 
-NAMES = ["Ava", "Ben", "Cara", "Dan", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jill", "Kai", "Lena", "Max", "Nora",
-         "Omar", "Pia", "Quin", "Rosa", "Sam", "Tess"]
-ITEMS = ["apples", "books", "coins", "pens", "stamps", "cards", "shells", "marbles", "eggs", "cookies",
-         "stickers", "beads"]
+NAMES = ["Ava", "Ben", "Cy", "Dan", "Eli", "Fay", "Gus", "Ida", "Jo", "Kai", "Lea", "Max", "Ned", "Pia", "Sam",
+         "Tom"]
+ITEMS = ["apples", "books", "coins", "pens", "cards", "eggs", "beads", "cups"]
 
 # Split name -> offset mixed into the seed, so splits draw from different random streams.
 SPLIT_STREAMS = {"train": 0, "test": 1_000_003, "validation": 2_000_029}
@@ -40,55 +39,60 @@ class Step:
 
 
 def _step(rng: random.Random, name: str, item: str, current: int) -> Step:
-    """Draw one operation that keeps the running value a positive integer (products stay below 200)."""
+    """Draw one operation that keeps the running value a positive integer below 100.
+
+    Small numbers and short sentences on purpose: the demo's tiny model reads characters, so every
+    character of template text is compute not spent on the arithmetic it has to learn.
+    """
     kinds = ["add", "sub", "mul", "div"]
     rng.shuffle(kinds)
     for kind in kinds:
         if kind == "add":
-            k = rng.randint(2, 30)
+            if current > 89:
+                continue
+            k = rng.randint(1, min(20, 99 - current))
             new = current + k
-            q = f"Then {name} gets {k} more {item}."
-            s = f"{name} has {current} + {k} = {new} {item}."
+            q = f"{name} gets {k} more."
+            s = f"{current} + {k} = {new}"
         elif kind == "sub":
             if current < 3:
                 continue
             k = rng.randint(1, current - 1)
             new = current - k
-            q = f"Then {name} gives away {k} {item}."
-            s = f"{name} has {current} - {k} = {new} {item} left."
+            q = f"{name} gives away {k}."
+            s = f"{current} - {k} = {new}"
         elif kind == "mul":
-            k = rng.randint(2, 4)
+            k = rng.randint(2, 3)
             new = current * k
-            if new >= 200:
+            if new >= 100:
                 continue
-            q = f"Then {name}'s {item} become {k} times as many."
-            s = f"{name} has {current} * {k} = {new} {item}."
+            q = f"{name}'s {item} become {k} times as many."
+            s = f"{current} * {k} = {new}"
         else:
-            divisors = [d for d in (2, 3, 4, 5) if current % d == 0 and current // d >= 1]
+            divisors = [d for d in (2, 3, 4, 5) if current % d == 0]
             if not divisors:
                 continue
             k = rng.choice(divisors)
             new = current // k
-            q = f"Then {name} shares the {item} equally among {k} friends and keeps one share."
-            s = f"One share is {current} / {k} = {new} {item}."
-        return Step(q, s, new)
-    raise AssertionError("unreachable: 'add' always applies")
+            q = f"{name} splits them into {k} equal parts and keeps one."
+            s = f"{current} / {k} = {new}"
+        return Step(q, f"{s} {item}.", new)
+    raise AssertionError("unreachable: 'add' or 'sub' always applies")
 
 
 def make_problem(seed: int, index: int, n_ops: int) -> dict:
     """The canonical record of problem `index` in the stream `seed`, with `n_ops` operations."""
     rng = random.Random(f"srlm-synthetic:{seed}:{index}:{n_ops}")
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    start = rng.randint(2, 40)
-    value = start
-    q_parts = [f"{name} has {start} {item}."]
+    value = rng.randint(2, 40)
+    q_parts = [f"{name} has {value} {item}."]
     s_parts: list[str] = []
     for _ in range(n_ops):
         st = _step(rng, name, item, value)
         q_parts.append(st.question)
         s_parts.append(st.solution)
         value = st.value
-    q_parts.append(f"How many {item} does {name} have now?")
+    q_parts.append(f"How many {item} does {name} have?")
     solution = "\n".join(s_parts) + f"\n#### {value}"
     return {
         "id": f"synthetic-{seed}-{index}",

@@ -1,0 +1,54 @@
+"""The `srlm` command: parse arguments, dispatch to a verb. No logic of its own.
+
+Each verb lives in `srlm.commands.<verb>` and exposes `register(subparsers)`, which adds its parser and
+sets `func(args) -> int`. A user mistake raises `UserError`; it is printed as one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from srlm import __version__
+from srlm.errors import UserError
+
+# Order is the order shown by `srlm --help`.
+VERB_MODULES = [
+    "srlm.commands.demo",
+    "srlm.commands.data",
+    "srlm.commands.run",
+    "srlm.commands.tiny_model",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="srlm",
+        description="Train and evaluate small reasoning language models on math.",
+    )
+    parser.add_argument("--version", action="version", version=f"srlm {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in VERB_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"srlm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("srlm: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

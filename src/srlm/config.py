@@ -1,0 +1,389 @@
+"""The one configuration schema: typed, validated, each field documented once.
+
+A run config is YAML plus dotted command-line overrides (`grpo.beta=0.02`). It holds the defaults of every
+stage kind (`pretrain`, `sft`, `kd`, `grpo`), the evaluation settings, and named pipelines. A pipeline's
+stage is `{kind: sft, <any field of SFTConfig>: value}`: the stage's fields override that kind's defaults.
+
+Every model forbids unknown keys. Errors are rewritten into one line per problem that names the full key
+path, the closest valid key for a typo, and for a wrong type the value and the expected type.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from srlm.errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --------------------------------------------------------------------------------------------- pieces
+
+
+class TinyModelConfig(Strict):
+    """Shape of the embedded tiny model, used when `model.name_or_path` is `tiny`."""
+
+    hidden: int = Field(128, ge=8, description="Hidden size.")
+    layers: int = Field(4, ge=1, description="Number of transformer layers.")
+    heads: int = Field(4, ge=1, description="Attention heads.")
+    kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention).")
+    intermediate: int = Field(512, ge=8, description="MLP inner size.")
+    max_positions: int = Field(1024, ge=64, description="Longest sequence the model accepts.")
+    seed: int = Field(0, description="Seed of the random initialisation.")
+
+
+class ModelConfig(Strict):
+    """The starting model of every pipeline."""
+
+    name_or_path: str = Field(
+        "tiny", description="A local model folder, a Hugging Face hub id, or `tiny` for the embedded tiny model."
+    )
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of the tiny model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype: `auto` is bfloat16 on GPU and float32 on CPU."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you ask.")
+
+
+class DatasetRef(Strict):
+    """Which dataset (a name from `srlm data list`) and which part of it."""
+
+    name: str = Field("synthetic", description="Registered dataset name.")
+    split: str | None = Field(None, description="Split; `None` takes the dataset's default.")
+    path: str | None = Field(None, description="Local file or folder in the shared/data layout instead of the hub.")
+    limit: int | None = Field(None, ge=1, description="Keep only the first N records.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Loader options, e.g. synthetic `n`, `seed`, `min_ops`, `max_ops`."
+    )
+
+
+class LoraConfig(Strict):
+    """LoRA adapters through peft; off means full-parameter updates."""
+
+    enabled: bool = Field(False, description="Train LoRA adapters instead of all weights.")
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters.",
+    )
+
+
+class OptimConfig(Strict):
+    """What every training stage shares: AdamW, warm-up + cosine schedule, clipping, accumulation."""
+
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    warmup_ratio: float = Field(0.05, ge=0, le=1, description="Fraction of steps spent warming up linearly.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay floor, as a fraction of `lr`.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping threshold (L2 norm).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    save_every: int = Field(0, ge=0, description="Write a resumable checkpoint every N steps (0: only at the end).")
+    seed: int = Field(0, description="Seed for data order, dropout and sampling.")
+
+
+# --------------------------------------------------------------------------------------------- stages
+
+
+class PretrainConfig(OptimConfig):
+    """Plain language modelling on raw solution text: turns the random tiny model into a 'base' model."""
+
+    data: DatasetRef = Field(default_factory=lambda: DatasetRef(name="synthetic", split="train"))
+    steps: int = Field(300, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Sequences per micro-batch.")
+    max_length: int = Field(512, ge=16, description="Longest training sequence in tokens (longer ones are dropped).")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+
+
+class SFTConfig(OptimConfig):
+    """Supervised fine-tuning on reference solutions (or teacher traces: sequence-level KD)."""
+
+    data: DatasetRef = Field(default_factory=lambda: DatasetRef(name="gsm8k", split="train"))
+    prompt: str = Field("tags", description="Prompt template name (see `srlm.data.prompts.PROMPTS`).")
+    epochs: float = Field(3.0, gt=0, description="Passes over the data (ignored when `steps` is set).")
+    steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides `epochs`.")
+    batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
+    max_length: int = Field(1024, ge=16, description="Longest prompt+completion in tokens (longer ones are dropped).")
+    loss_on: Literal["completion", "all"] = Field("completion", description="Which tokens carry the loss.")
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class KDConfig(SFTConfig):
+    """Sequence-level distillation: SFT on teacher traces. Defaults to the CAMEL GSM8K distilled set."""
+
+    data: DatasetRef = Field(default_factory=lambda: DatasetRef(name="camel_gsm8k", split="train"))
+
+
+class CollapseGuardConfig(Strict):
+    """When to stop an RL stage as collapsed (the paper's ‡) instead of training on garbage."""
+
+    enabled: bool = Field(True, description="Watch for collapse.")
+    window: int = Field(10, ge=1, description="Steps in the moving averages compared below.")
+    min_format_rate: float = Field(
+        0.05, ge=0, le=1, description="Collapse when the format rate's moving average falls below this..."
+    )
+    format_drop: float = Field(0.5, ge=0, le=1, description="...after having been at least this much higher.")
+    max_entropy: float = Field(6.0, gt=0, description="Collapse when mean token entropy (nats) exceeds this.")
+
+
+class GRPOConfig(OptimConfig):
+    """GRPO reinforcement learning with the paper's objective (eq. 3) and rewards (eqs. 1-2) by default."""
+
+    data: DatasetRef = Field(default_factory=lambda: DatasetRef(name="gsm8k", split="train"))
+    prompt: str = Field("tags", description="Prompt template name.")
+    steps: int = Field(200, ge=1, description="Optimizer steps (one generation batch each when mu=1).")
+    prompts_per_step: int = Field(8, ge=1, description="Questions per generation batch.")
+    group_size: int = Field(8, ge=2, description="G: completions sampled per question.")
+    mu: int = Field(1, ge=1, description="Optimisation passes over each generation batch.")
+    minibatch_size: int | None = Field(
+        None, ge=1, description="Sequences per optimizer step within a pass; default: the whole batch."
+    )
+    micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward (memory knob only).")
+    lr: float = Field(1e-6, gt=0, description="Peak learning rate.")
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="Fraction of steps spent warming up linearly.")
+    min_lr_ratio: float = Field(1.0, ge=0, le=1, description="Cosine floor; 1.0 keeps the rate constant.")
+    beta: float = Field(0.04, ge=0, description="KL penalty weight (k3 estimator); 0 drops the reference model.")
+    epsilon: float = Field(0.2, gt=0, description="Clip range: ratio within [1-epsilon, 1+epsilon_high].")
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip (DAPO clip-higher); default epsilon.")
+    aggregation: str = Field(
+        "seq_mean", description="Loss aggregation: seq_mean (paper), token_mean, or dr_grpo."
+    )
+    scale_rewards: bool = Field(True, description="Divide advantages by the group's reward std.")
+    rewards: list[str] = Field(default_factory=lambda: ["format", "accuracy"], description="Reward functions.")
+    reward_weights: list[float] | None = Field(None, description="One weight per reward (default all 1).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of rollouts.")
+    max_new_tokens: int = Field(512, ge=1, description="Longest completion.")
+    mask_truncated: bool = Field(False, description="Give truncated completions no gradient.")
+    dynamic_sampling: bool = Field(False, description="Drop zero-variance groups and refill the batch.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    collapse: CollapseGuardConfig = Field(default_factory=CollapseGuardConfig)
+
+
+class EvalConfig(Strict):
+    """Evaluation protocol. Defaults are the paper's (LightEval: temperature 0.6, top-p 0.95, 32k tokens)."""
+
+    benchmarks: list[DatasetRef] = Field(
+        default_factory=lambda: [DatasetRef(name=n) for n in ("olympiadbench", "math500", "minerva_math",
+                                                              "amc23", "gsm8k")],
+        description="Datasets to evaluate on (their test splits by default).",
+    )
+    prompt: str = Field("tags", description="Prompt template name.")
+    n: int = Field(1, ge=1, description="Samples per problem (accuracy is mean pass@1; pass@k for k <= n).")
+    temperature: float = Field(0.6, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling.")
+    max_new_tokens: int = Field(32768, ge=1, description="Longest response (capped by the model's context).")
+    batch_size: int = Field(64, ge=1, description="Prompts decoded together.")
+    seed: int = Field(0, description="Sampling seed.")
+
+
+StageKind = Literal["pretrain", "sft", "kd", "grpo"]
+STAGE_CONFIGS: dict[str, type[OptimConfig]] = {
+    "pretrain": PretrainConfig,
+    "sft": SFTConfig,
+    "kd": KDConfig,
+    "grpo": GRPOConfig,
+}
+
+
+class PipelineConfig(Strict):
+    """A starting model, an ordered list of stages, and an evaluation of the result."""
+
+    extends: str | None = Field(None, description="Run this other pipeline's stages first.")
+    stages: list[dict[str, Any]] = Field(
+        default_factory=list, description="Stages: `{kind: sft|kd|grpo|pretrain, <field overrides>}`."
+    )
+    evaluate: bool = Field(True, description="Evaluate the pipeline's final checkpoint.")
+    label: str | None = Field(None, description="Row name in reports (default: the pipeline name).")
+
+
+class RunConfig(Strict):
+    """A whole run: shared defaults plus named pipelines (one pipeline or a study)."""
+
+    run_dir: str = Field("runs/demo", description="Where every stage, evaluation and report is written.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` takes CUDA when available.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    kd: KDConfig = Field(default_factory=KDConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    pipelines: dict[str, PipelineConfig] = Field(default_factory=dict, description="Named pipelines.")
+
+
+# --------------------------------------------------------------------------------------------- stages
+
+
+def stage_config(cfg: RunConfig, stage: dict[str, Any], where: str) -> OptimConfig:
+    """The resolved config of one pipeline stage: its kind's defaults with the stage's fields on top."""
+    kind = stage.get("kind")
+    if kind not in STAGE_CONFIGS:
+        hint = _closest(str(kind), list(STAGE_CONFIGS))
+        raise UserError(f"{where}.kind: unknown stage kind {kind!r}; choose one of {sorted(STAGE_CONFIGS)}{hint}")
+    overrides = {k: v for k, v in stage.items() if k != "kind"}
+    merged = _deep_merge(getattr(cfg, kind).model_dump(), overrides)
+    return _validate(STAGE_CONFIGS[kind], merged, prefix=where)
+
+
+def pipeline_stages(cfg: RunConfig, name: str) -> list[tuple[str, OptimConfig]]:
+    """(kind, resolved config) for every stage of pipeline `name`, `extends` chains included."""
+    chain: list[str] = []
+    current: str | None = name
+    while current is not None:
+        if current not in cfg.pipelines:
+            hint = _closest(current, list(cfg.pipelines))
+            raise UserError(f"pipelines.{chain[-1] if chain else name}.extends: no pipeline {current!r}{hint}")
+        if current in chain:
+            raise UserError(f"pipelines.{name}: 'extends' forms a cycle: {' -> '.join(chain + [current])}")
+        chain.append(current)
+        current = cfg.pipelines[current].extends
+    stages: list[tuple[str, OptimConfig]] = []
+    for pname in reversed(chain):
+        for i, st in enumerate(cfg.pipelines[pname].stages):
+            stages.append((st.get("kind"), stage_config(cfg, st, f"pipelines.{pname}.stages.{i}")))
+    return stages
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
+    """Read YAML (or start from `base`), apply `key.path=value` overrides, validate everything."""
+    data: dict[str, Any] = copy.deepcopy(base) if base is not None else {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise UserError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+        data = _deep_merge(data, loaded)
+    for item in overrides:
+        apply_override(data, item)
+    cfg = _validate(RunConfig, data, prefix="")
+    for name in cfg.pipelines:
+        pipeline_stages(cfg, name)  # validate every stage now, not halfway through a study
+    return cfg
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in nested `data`; the value is parsed as YAML (`0.1`, `true`, `[a, b]`)."""
+    if "=" not in item:
+        raise UserError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node: Any = data
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[_list_index(part, node, key)]
+            continue
+        if not isinstance(node.get(part, {}), (dict, list)):
+            raise UserError(f"override {key}: {part!r} is a value, not a section")
+        node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(last, node, key)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(part: str, node: list, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise UserError(f"override {key}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def _validate(model: type[BaseModel], data: Any, prefix: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        lines = [_describe(model, err, prefix) for err in e.errors()]
+        raise UserError("; ".join(dict.fromkeys(lines))) from None
+
+
+def _describe(model: type[BaseModel], err: dict, prefix: str) -> str:
+    loc = [str(x) for x in err["loc"]]
+    path = ".".join(([prefix] if prefix else []) + loc)
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        valid = list(parent.model_fields) if parent else []
+        hint = _closest(loc[-1], valid, prefix=".".join(([prefix] if prefix else []) + loc[:-1]))
+        return f"unknown config key '{path}'{hint}"
+    if err["type"] == "missing":
+        return f"missing config key '{path}'"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return f"config key '{path}': got {shown}, {_expected(err)}"
+
+
+def _expected(err: dict) -> str:
+    msg = err.get("msg", "invalid value")
+    for lead in ("Input should be ", "Value should be "):
+        if msg.startswith(lead):
+            return "expected " + msg[len(lead):]
+    return msg
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    """The pydantic model class found by walking field names `loc` down from `model`."""
+    import typing
+
+    current: Any = model
+    for part in loc:
+        if part.isdigit() or current is None:
+            continue  # list index or dict key of a container: the item type was taken below
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = field.annotation
+        # unwrap Optional[...] / list[...] / dict[str, ...] to the model inside
+        for _ in range(3):
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            if isinstance(current, type) and issubclass(current, BaseModel):
+                break
+            current = args[-1] if args else None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _closest(name: str, valid: list[str], prefix: str = "") -> str:
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if not match:
+        return ""
+    full = f"{prefix}.{match[0]}" if prefix else match[0]
+    return f"; did you mean '{full}'?"

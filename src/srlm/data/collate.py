@@ -1,0 +1,79 @@
+"""Tokenisation of training examples and batching.
+
+Prompt and completion are tokenised separately and concatenated, so the boundary between them is exact
+and the loss mask (`labels == -100` on prompt tokens) never straddles a token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX where no loss is taken
+
+    @property
+    def n_predicted(self) -> int:
+        """Positions that carry loss: labels after the first (the first token is never predicted)."""
+        return sum(1 for x in self.labels[1:] if x != IGNORE_INDEX)
+
+
+def tokenize_pair(tokenizer, prompt: str, completion: str, loss_on: str = "completion") -> TokenizedExample:
+    """Token ids of prompt + completion, with the prompt masked out unless `loss_on == "all"`."""
+    p = tokenizer.encode(prompt, add_special_tokens=False)
+    c = tokenizer.encode(completion, add_special_tokens=False)
+    labels = (list(p) if loss_on == "all" else [IGNORE_INDEX] * len(p)) + list(c)
+    return TokenizedExample(list(p) + list(c), labels)
+
+
+@dataclass
+class LengthFilterReport:
+    n_in: int
+    n_too_long: int
+
+    @property
+    def n_out(self) -> int:
+        return self.n_in - self.n_too_long
+
+
+def filter_by_length(examples: list[TokenizedExample], max_length: int):
+    """Drop examples longer than `max_length` tokens (never truncate: a cut answer teaches the wrong end)."""
+    kept = [e for e in examples if len(e.input_ids) <= max_length]
+    return kept, LengthFilterReport(len(examples), len(examples) - len(kept))
+
+
+def pad_batch(examples: list[TokenizedExample], pad_id: int):
+    """Right-padded tensors `input_ids`, `attention_mask`, `labels`, each [B, T_max]."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng) -> list[list[int]]:
+    """Batches of indices with similar lengths (less padding), in random batch order.
+
+    Indices are shuffled, cut into mega-batches of 16 batches, sorted by length inside each mega-batch,
+    then batched: the order stays random across the epoch while each batch is length-homogeneous.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = batch_size * 16
+    batches: list[list[int]] = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start:start + mega], key=lambda i: lengths[i])
+        batches.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches

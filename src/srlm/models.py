@@ -1,0 +1,135 @@
+"""Loading and saving models and tokenizers (local folder or hub id), LoRA apply/merge, devices.
+
+Weights load through safetensors (transformers' default); remote code only when the user asks for it.
+Saving is atomic: a checkpoint folder appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from srlm.errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` -> CUDA when available, else CPU. The local rank picks the GPU under torchrun/accelerate."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("device 'cuda' requested but no CUDA device is available; use device=cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    _check_exists(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load a tokenizer from {name_or_path}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # decoder-only models often ship without one; padding is masked anyway
+    return tok
+
+
+def load_model(name_or_path: str | Path, device: torch.device, dtype: str = "auto", trust_remote_code: bool = False):
+    """(model, tokenizer) from a local folder or a hub id, on `device`, in train mode."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(name_or_path, trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(name_or_path), dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load a model from {name_or_path}: {str(e).splitlines()[0]}") from None
+    model.to(device)
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def _check_exists(name_or_path: str | Path) -> None:
+    p = Path(name_or_path)
+    if p.exists():
+        if p.is_dir() and not (p / "config.json").exists():
+            raise UserError(f"model folder {p} has no config.json: is it a model folder?")
+        return
+    if not _looks_like_hub_id(str(name_or_path)):
+        raise UserError(f"model path not found: {name_or_path} (not a folder, and not a hub id like 'org/name')")
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> Path:
+    """Write a complete, loadable model folder atomically (temp folder, then rename).
+
+    A peft model is saved twice: its adapter in `adapter/` (what LoRA trained) and the merged full model
+    at the top (what the next stage and evaluation load), so nothing downstream needs to know about LoRA.
+    """
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    if is_peft(model):
+        model.save_pretrained(tmp / "adapter")
+        merged = merged_copy(model)
+        merged.save_pretrained(tmp)
+    else:
+        model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- LoRA
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def apply_lora(model, lora_cfg):
+    """Wrap `model` with trainable LoRA adapters; every base weight is frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.split(".")[-1] for name, _ in model.named_modules()}
+    targets = [t for t in lora_cfg.target_modules if t in present]
+    if not targets:
+        raise UserError(f"lora.target_modules {lora_cfg.target_modules} match no module of this model; "
+                        f"some module names: {sorted(present)[:12]}")
+    cfg = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                     target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def merged_copy(peft_model):
+    """A plain transformers model with the adapters folded into the weights (the peft model is untouched)."""
+    import copy
+
+    return copy.deepcopy(peft_model).merge_and_unload()

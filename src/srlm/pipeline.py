@@ -1,0 +1,192 @@
+"""Run a pipeline or a study: stages in order, one folder and manifest per stage, resumable, shared prefixes.
+
+Layout of a run folder:
+    RUN/config.yaml                      the resolved config of the whole run
+    RUN/stages/<kind>-<key>/             one stage: manifest.json, config.yaml, metrics.jsonl, checkpoint/
+    RUN/<pipeline>/pipeline.json         which stage folders the pipeline went through, and its status
+    RUN/<pipeline>/eval/                 <benchmark>/samples.jsonl and summary.json of its final checkpoint
+    RUN/report.md (+ csv, tex, png)      the tables and plots of every pipeline
+
+A stage's key hashes its kind, its resolved config and its input checkpoint's key, so a prefix shared by
+several pipelines (the SFT stage of `sft` and `sft+rl`) runs once, and re-running skips every stage whose
+manifest says done, resumes the one that was interrupted, and stops a pipeline at a collapsed stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import resource
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from srlm.config import RunConfig, pipeline_stages
+from srlm.errors import UserError
+from srlm.models import resolve_device
+from srlm.train.loop import atomic_write_json, atomic_write_text
+
+
+def _stage_runners():
+    """kind -> stage function(cfg, model_dir, out_dir, device, progress) -> summary dict."""
+    from srlm.train.grpo import run_grpo
+    from srlm.train.sft import run_pretrain, run_sft
+
+    return {"pretrain": run_pretrain, "sft": run_sft, "kd": run_sft, "grpo": run_grpo}
+
+
+def content_key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def read_manifest(stage_dir: Path) -> dict | None:
+    p = Path(stage_dir) / "manifest.json"
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None  # a manifest is written atomically, so this is someone else's damage: redo the stage
+
+
+def device_description(device: torch.device) -> tuple[str, int]:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device), max(1, torch.cuda.device_count())
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)", 1
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+@dataclass
+class PipelineResult:
+    name: str
+    status: str  # done | collapsed | failed
+    stages: list[dict]
+    final_checkpoint: str | None
+    eval_summary: dict | None
+    reason: str | None = None
+
+
+def start_model(cfg: RunConfig, run_dir: Path) -> tuple[Path | str, str]:
+    """(path or hub id, key) of every pipeline's starting model; writes the tiny model when asked for."""
+    if cfg.model.name_or_path == "tiny":
+        from srlm.tiny import TinySpec, write_tiny_model
+
+        spec = TinySpec(**cfg.model.tiny.model_dump())
+        folder = run_dir / "start-model"
+        if not (folder / "config.json").exists():
+            write_tiny_model(folder, spec)
+        return folder, "tiny:" + content_key(cfg.model.tiny.model_dump())
+    return cfg.model.name_or_path, "model:" + cfg.model.name_or_path
+
+
+def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device, progress: bool) -> dict:
+    """Run (or reuse, or resume) one stage; returns its manifest."""
+    key = content_key({"kind": kind, "config": scfg.model_dump(), "input": input_key})
+    stage_dir = run_dir / "stages" / f"{kind}-{key}"
+    manifest = read_manifest(stage_dir)
+    if manifest and manifest["status"] in ("done", "collapsed"):
+        return manifest
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stage_dir / "config.yaml", yaml.safe_dump({kind: scfg.model_dump()}, sort_keys=False))
+    dev_name, dev_count = device_description(device)
+    manifest = {"kind": kind, "key": key, "dir": str(stage_dir), "config": scfg.model_dump(),
+                "input": {"checkpoint": str(input_path), "key": input_key},
+                "output": {"checkpoint": str(stage_dir / "checkpoint"), "key": f"{kind}-{key}"},
+                "status": "running", "started": time.time(), "attempts": (manifest or {}).get("attempts", 0) + 1}
+    atomic_write_json(stage_dir / "manifest.json", manifest)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    try:
+        summary = _stage_runners()[kind](scfg, Path(input_path), stage_dir, device, progress)
+        status, reason = summary.get("status", "done"), summary.get("reason")
+    except (UserError, RuntimeError, ValueError, OSError) as e:
+        summary, status, reason = {}, "failed", f"{type(e).__name__}: {e}"
+        (stage_dir / "error.txt").write_text(traceback.format_exc())
+    wall = time.perf_counter() - t0
+    manifest.update({
+        "status": status, "reason": reason, "finished": time.time(), "metrics": summary,
+        "cost": {"wall_seconds": wall, "device": dev_name, "device_count": dev_count,
+                 "device_hours": wall * dev_count / 3600, "tokens": int(summary.get("tokens", 0) or 0),
+                 "peak_memory_gb": peak_memory_gb(device)},
+    })
+    atomic_write_json(stage_dir / "manifest.json", manifest)
+    return manifest
+
+
+def run_pipeline(cfg: RunConfig, name: str, run_dir: Path, device, progress: bool = True) -> PipelineResult:
+    path, key = start_model(cfg, run_dir)
+    stages = []
+    for kind, scfg in pipeline_stages(cfg, name):
+        m = run_stage(kind, scfg, path, key, run_dir, device, progress)
+        stages.append({"kind": kind, "status": m["status"], "reason": m.get("reason"), "dir": m["dir"],
+                       "cost": m.get("cost", {})})
+        if m["status"] != "done":
+            return _finish(run_dir, name, PipelineResult(name, m["status"], stages, None, None, m.get("reason")))
+        path, key = m["output"]["checkpoint"], m["output"]["key"]
+    summary = None
+    if cfg.pipelines[name].evaluate:
+        summary = evaluate_checkpoint(cfg, path, key, run_dir / name / "eval", device, progress)
+    return _finish(run_dir, name, PipelineResult(name, "done", stages, str(path), summary))
+
+
+def _finish(run_dir: Path, name: str, result: PipelineResult) -> PipelineResult:
+    folder = run_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "pipeline.json", {
+        "name": name, "status": result.status, "reason": result.reason, "stages": result.stages,
+        "final_checkpoint": result.final_checkpoint})
+    return result
+
+
+def evaluate_checkpoint(cfg: RunConfig, path, key: str, out_dir: Path, device, progress: bool) -> dict:
+    """Evaluate `path` unless `out_dir` already holds a complete evaluation of this same checkpoint."""
+    from srlm.engines.hf import HFEngine
+    from srlm.evaluate import evaluate
+    from srlm.models import load_model
+
+    out_dir = Path(out_dir)
+    eval_key = content_key({"checkpoint": key, "eval": cfg.eval.model_dump()})
+    stamp = out_dir / "eval_key.txt"
+    if stamp.exists() and stamp.read_text().strip() != eval_key:
+        import shutil
+
+        shutil.rmtree(out_dir)  # a different checkpoint or protocol: its samples would be mixed in
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, eval_key + "\n")
+    model, tok = load_model(path, device, dtype=cfg.model.dtype)
+    engine = HFEngine(model, tok, batch_size=cfg.eval.batch_size)
+    return evaluate(engine, tok, cfg.eval, out_dir, model_name=str(path), progress=progress)
+
+
+def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None) -> list[PipelineResult]:
+    """Every pipeline of the run (or those in `only`), then the report. A failure stops only its pipeline."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    device = resolve_device(cfg.device)
+    torch.manual_seed(0)
+    names = only or list(cfg.pipelines)
+    if not names:
+        raise UserError("the config defines no pipelines: add a `pipelines:` section")
+    for n in names:
+        if n not in cfg.pipelines:
+            raise UserError(f"no pipeline {n!r}; pipelines: {', '.join(cfg.pipelines)}")
+    results = []
+    for n in names:
+        print(f"== pipeline {n}", flush=True)
+        results.append(run_pipeline(cfg, n, run_dir, device, progress))
+    from srlm.reporting import write_report
+
+    write_report(run_dir)
+    return results

@@ -1,0 +1,171 @@
+"""Losses and advantages: pure tensor functions, no I/O, no model calls.
+
+Shapes: B sequences, T tokens (completion positions for RL), V vocabulary, G completions per group.
+Every function here has a naive reference implementation in the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+# ------------------------------------------------------------------------------------- token log-probs
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(target) per position. logits [B, T, V], targets [B, T] -> [B, T].
+
+    Computed as logit[target] - logsumexp(logits), which never materialises a [B, T, V] log-softmax copy
+    (a 151k vocabulary makes that the largest tensor of a step).
+    """
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    safe = targets.clamp(min=0)
+    picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # [B, T]
+    return picked - torch.logsumexp(logits, dim=-1)  # [B, T]
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of the next-token distribution per position. logits [B, T, V] -> [B, T] (nats)."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = F.log_softmax(logits, dim=-1)  # [B, T, V]
+    return -(logp.exp() * logp).sum(-1)  # [B, T]
+
+
+# ------------------------------------------------------------------------------------------------ SFT
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, normalizer: float | None = None) -> torch.Tensor:
+    """Next-token cross-entropy on positions whose label is not IGNORE_INDEX.
+
+    logits [B, T, V] predict labels shifted by one: position t predicts labels[:, t+1].
+    `normalizer` (the number of loss tokens in the whole optimizer step) makes micro-batch losses add up
+    to the step's token mean, so gradient accumulation and data parallelism give the same gradient as one
+    big batch; without it the loss is this batch's token mean.
+    """
+    pred = logits[:, :-1, :]  # [B, T-1, V]
+    tgt = labels[:, 1:]  # [B, T-1]
+    total = F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), tgt.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    n = normalizer if normalizer is not None else (tgt != IGNORE_INDEX).sum().clamp(min=1)
+    return total / n
+
+
+# ----------------------------------------------------------------------------------------- advantages
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO advantages: (r - mean of its group) / (std of its group + eps). rewards [B] -> [B].
+
+    Rows are grouped consecutively: rows [k*G, (k+1)*G) answer the same prompt. `scale=False` drops the
+    std division (Dr. GRPO), which keeps easy and hard questions on the same scale. The std is the
+    sample std (n-1), as in the GRPO reference code; a group with equal rewards gets all-zero advantages.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.float().view(-1, group_size)  # [B/G, G]
+    centred = grouped - grouped.mean(dim=1, keepdim=True)  # [B/G, G]
+    if scale:
+        std = grouped.std(dim=1, keepdim=True)  # [B/G, 1]
+        # equal rewards carry no signal: exactly zero, whatever eps is
+        centred = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))
+    return centred.reshape(-1)  # [B]
+
+
+# ------------------------------------------------------------------------------------------------ GRPO
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || ref) estimate k3 = exp(ref - logp) - (ref - logp) - 1 >= 0. [B, T] -> [B, T]."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+# An aggregation turns per-token losses [B, T] into the scalar to minimise. `n_seqs` and `n_tokens` are the
+# counts of the whole optimizer batch: when a batch is split into micro-batches, each micro-batch divides by
+# the batch's totals, so the micro-batch losses add up exactly to the full batch's loss.
+
+
+def aggregate_seq_mean(per_token, mask, max_tokens: int, n_seqs: float, n_tokens: float) -> torch.Tensor:
+    """The paper's 1/G sum_i 1/|o_i| sum_t: mean over each sequence's tokens, then over sequences."""
+    lengths = mask.sum(-1).clamp(min=1)  # [B]
+    return ((per_token * mask).sum(-1) / lengths).sum() / n_seqs
+
+
+def aggregate_token_mean(per_token, mask, max_tokens: int, n_seqs: float, n_tokens: float) -> torch.Tensor:
+    """Mean over all completion tokens of the batch (DAPO): long answers weigh by their length."""
+    return (per_token * mask).sum() / max(n_tokens, 1.0)
+
+
+def aggregate_dr_grpo(per_token, mask, max_tokens: int, n_seqs: float, n_tokens: float) -> torch.Tensor:
+    """Dr. GRPO: sum over tokens divided by a constant (sequences x max completion length): no length bias."""
+    return (per_token * mask).sum() / (n_seqs * max_tokens)
+
+
+AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "seq_mean": aggregate_seq_mean,
+    "token_mean": aggregate_token_mean,
+    "dr_grpo": aggregate_dr_grpo,
+}
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    aggregation: str = "seq_mean",
+    max_tokens: int | None = None,
+    n_seqs: float | None = None,
+    n_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Negative of the paper's J(theta) (eq. 3), to minimise.
+
+    logp, old_logp, ref_logp, mask: [B, T] over completion tokens (mask 1 on real tokens); advantages [B].
+    Per token: -(min(r*A, clip(r, 1-eps, 1+eps_high)*A) - beta*KL_k3(pi||ref)), r = exp(logp - old_logp),
+    then aggregated by `aggregation` (see AGGREGATIONS). `max_tokens` is the completion length limit
+    (Dr. GRPO's constant); `n_seqs`/`n_tokens` are the optimizer batch's counts when this call sees only a
+    micro-batch of it (default: this call's own counts). Returns (loss, stats) with detached stats:
+    clip fraction, mean KL and mean ratio over real tokens.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    mask = mask.to(logp.dtype)
+    ratio = torch.exp(logp - old_logp)  # [B, T]
+    adv = advantages.to(logp.dtype).unsqueeze(-1)  # [B, 1]
+    unclipped = ratio * adv  # [B, T]
+    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high) * adv  # [B, T]
+    per_token = -torch.min(unclipped, clipped)  # [B, T]
+    kl = None
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs ref_logp")
+        kl = kl_k3(logp, ref_logp)  # [B, T]
+        per_token = per_token + beta * kl
+    loss = AGGREGATIONS[aggregation](
+        per_token, mask, max_tokens or logp.shape[1],
+        float(n_seqs if n_seqs is not None else logp.shape[0]),
+        float(n_tokens if n_tokens is not None else mask.sum().item()),
+    )
+    n = mask.sum().clamp(min=1)
+    with torch.no_grad():
+        is_clipped = (clipped < unclipped).to(logp.dtype)  # the min picked the clipped term
+        stats = {
+            "clip_fraction": (is_clipped * mask).sum() / n,
+            "ratio_mean": (ratio * mask).sum() / n,
+            "kl": (kl * mask).sum() / n if kl is not None else torch.zeros(()),
+        }
+    return loss, stats

@@ -1,0 +1,58 @@
+"""A miniature `srlm run configs/demo.yaml`: every stage trains for real, a few steps each (< 1 minute)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from srlm.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+MINI = [
+    "model.tiny.hidden=32", "model.tiny.layers=1", "model.tiny.heads=2", "model.tiny.kv_heads=1",
+    "model.tiny.intermediate=64",
+    "pretrain.steps=6", "pretrain.batch_size=8", "pretrain.data.options.n=64",
+    "sft.steps=4", "sft.batch_size=8", "sft.data.options.n=32",
+    "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.group_size=4", "grpo.max_new_tokens=24",
+    "grpo.data.options.n=16", "grpo.save_every=1",
+    "eval.benchmarks=[{name: synthetic, split: test, options: {n: 12}}]", "eval.max_new_tokens=24",
+]
+
+
+@pytest.mark.e2e
+def test_mini_demo_runs_every_stage(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["run", str(ROOT / "configs" / "demo.yaml"), f"run_dir={run_dir}", "--no-progress", *MINI])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert (run_dir / "report.md").exists()
+    report = (run_dir / "report.md").read_text()
+    for label in ("tiny base", "base + SFT", "base + SFT + RL"):
+        assert label in report and label in out
+    manifests = [json.loads(p.read_text()) for p in run_dir.glob("stages/*/manifest.json")]
+    assert sorted(m["kind"] for m in manifests) == ["grpo", "pretrain", "sft"]  # shared prefixes ran once
+    for m in manifests:
+        assert m["status"] == "done"
+        assert Path(m["output"]["checkpoint"], "config.json").exists()
+        assert m["cost"]["wall_seconds"] > 0
+        metrics = (Path(m["dir"]) / "metrics.jsonl").read_text().splitlines()
+        assert len(metrics) == m["config"]["steps"]
+    grpo = next(m for m in manifests if m["kind"] == "grpo")
+    last = json.loads((Path(grpo["dir"]) / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("reward", "accuracy", "format_rate", "kl", "entropy", "clip_fraction", "completion_len_mean",
+                "truncation_rate", "zero_var_groups", "grad_norm", "seconds/generate", "seconds/train"):
+        assert key in last
+    for name in ("base", "sft", "sft_rl"):
+        summary = json.loads((run_dir / name / "eval" / "summary.json").read_text())
+        bench = summary["benchmarks"]["synthetic"]
+        assert bench["n_problems"] == 12
+        lines = (run_dir / name / "eval" / "synthetic" / "samples.jsonl").read_text().splitlines()
+        assert len(lines) == 12
+    (run_dir / "config.yaml").exists()
+
+    # Re-running skips every finished stage (manifests untouched) and gives the same table.
+    before = {p: p.stat().st_mtime_ns for p in run_dir.glob("stages/*/manifest.json")}
+    assert main(["run", str(ROOT / "configs" / "demo.yaml"), f"run_dir={run_dir}", "--no-progress", *MINI]) == 0
+    after = {p: p.stat().st_mtime_ns for p in run_dir.glob("stages/*/manifest.json")}
+    assert before == after

@@ -1,0 +1,143 @@
+"""Loss and advantage functions against naive per-token loops and hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from srlm.train.losses import (
+    AGGREGATIONS, group_advantages, grpo_loss, kl_k3, sft_loss, token_entropy, token_logprobs,
+)
+
+
+def naive_grpo(logp, old, adv, mask, ref, beta, eps_lo, eps_hi, aggregation, max_tokens):
+    """The paper's objective written as plain Python loops over sequences and tokens."""
+    B, T = logp.shape
+    per_seq, all_tok, n_tok = [], 0.0, 0
+    for i in range(B):
+        s, n = 0.0, 0
+        for t in range(T):
+            if mask[i, t] == 0:
+                continue
+            r = math.exp(logp[i, t] - old[i, t])
+            a = float(adv[i])
+            obj = min(r * a, min(max(r, 1 - eps_lo), 1 + eps_hi) * a)
+            if beta:
+                d = float(ref[i, t] - logp[i, t])
+                obj -= beta * (math.exp(d) - d - 1)
+            s += -obj
+            n += 1
+        per_seq.append(s / max(n, 1))
+        all_tok += s
+        n_tok += n
+    if aggregation == "seq_mean":
+        return sum(per_seq) / B
+    if aggregation == "token_mean":
+        return all_tok / n_tok
+    return all_tok / (B * max_tokens)
+
+
+def _random_batch(seed, B=6, T=9):
+    g = torch.Generator().manual_seed(seed)
+    logp = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+    old = logp + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    ref = logp + 0.5 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    adv = torch.randn(B, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).double()
+    return logp, old, adv, mask, ref
+
+
+@pytest.mark.parametrize("aggregation", sorted(AGGREGATIONS))
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("eps_high", [None, 0.28])
+def test_grpo_loss_matches_naive_loop(aggregation, beta, eps_high):
+    for seed in range(3):
+        logp, old, adv, mask, ref = _random_batch(seed)
+        loss, _ = grpo_loss(logp, old, adv, mask, ref_logp=ref, beta=beta, epsilon=0.2, epsilon_high=eps_high,
+                            aggregation=aggregation, max_tokens=12)
+        expected = naive_grpo(logp, old, adv, mask, ref, beta, 0.2, eps_high or 0.2, aggregation, 12)
+        assert loss.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+def test_gradient_at_ratio_one_is_policy_gradient():
+    """At r = 1 and beta = 0 the GRPO gradient equals that of -mean_seq(mean_tok(A * log pi))."""
+    logp, _, adv, mask, _ = _random_batch(5)
+    a = logp.clone().requires_grad_(True)
+    loss, _ = grpo_loss(a, a.detach(), adv, mask, beta=0.0)
+    loss.backward()
+    b = logp.clone().requires_grad_(True)
+    ref_loss = -(((adv[:, None] * b) * mask).sum(-1) / mask.sum(-1)).mean()
+    ref_loss.backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-12)
+
+
+@pytest.mark.parametrize("aggregation", sorted(AGGREGATIONS))
+def test_micro_batches_add_up_to_the_batch(aggregation):
+    logp, old, adv, mask, ref = _random_batch(7, B=8)
+    full, _ = grpo_loss(logp, old, adv, mask, ref_logp=ref, beta=0.04, aggregation=aggregation, max_tokens=9)
+    parts = 0.0
+    for sl in (slice(0, 3), slice(3, 5), slice(5, 8)):
+        part, _ = grpo_loss(logp[sl], old[sl], adv[sl], mask[sl], ref_logp=ref[sl], beta=0.04,
+                            aggregation=aggregation, max_tokens=9, n_seqs=8, n_tokens=float(mask.sum()))
+        parts += part.item()
+    assert parts == pytest.approx(full.item(), rel=1e-12)
+
+
+def test_clip_fraction_and_kl_stats():
+    logp = torch.zeros(1, 2, dtype=torch.float64)
+    old = torch.tensor([[0.0, -1.0]], dtype=torch.float64)  # ratios 1 and e
+    adv = torch.tensor([1.0], dtype=torch.float64)
+    mask = torch.ones(1, 2, dtype=torch.float64)
+    loss, st = grpo_loss(logp, old, adv, mask, ref_logp=logp, beta=0.1, epsilon=0.2)
+    # token 1: min(1*1, 1*1) = 1 ; token 2: min(e, 1.2) = 1.2 (clipped); KL = 0
+    assert loss.item() == pytest.approx(-(1.0 + 1.2) / 2)
+    assert st["clip_fraction"].item() == pytest.approx(0.5)
+    assert st["kl"].item() == pytest.approx(0.0)
+
+
+def test_kl_k3_hand_values():
+    logp = torch.tensor([0.0, -1.0])
+    ref = torch.tensor([0.0, 0.0])
+    # d = ref - logp = [0, 1]: exp(1) - 1 - 1
+    assert torch.allclose(kl_k3(logp, ref), torch.tensor([0.0, math.e - 2.0]))
+    assert (kl_k3(torch.randn(100), torch.randn(100)) >= 0).all()
+
+
+def test_group_advantages_hand_computed():
+    r = torch.tensor([1.0, 3.0, 2.0, 2.0])
+    adv = group_advantages(r, group_size=2, eps=0.0)
+    s = math.sqrt(2.0)  # sample std of (1, 3)
+    assert torch.allclose(adv, torch.tensor([-1 / s, 1 / s, 0.0, 0.0]))
+    assert torch.allclose(group_advantages(r, 2, scale=False), torch.tensor([-1.0, 1.0, 0.0, 0.0]))
+
+
+def test_equal_rewards_give_zero_advantages():
+    assert torch.equal(group_advantages(torch.full((8,), 2.0), 4), torch.zeros(8))
+    with pytest.raises(ValueError):
+        group_advantages(torch.ones(5), 2)
+
+
+def test_token_logprobs_and_entropy_match_log_softmax():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=g)
+    targets = torch.randint(0, 11, (2, 5), generator=g)
+    ref = torch.log_softmax(logits / 0.7, -1).gather(-1, targets[..., None]).squeeze(-1)
+    assert torch.allclose(token_logprobs(logits, targets, temperature=0.7), ref, atol=1e-6)
+    p = torch.softmax(logits, -1)
+    assert torch.allclose(token_entropy(logits), -(p * p.log()).sum(-1), atol=1e-5)
+
+
+def test_sft_loss_masks_prompt_and_normalises():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 7, generator=g)
+    labels = torch.tensor([[-100, -100, 3, 4], [-100, 1, 2, -100]])
+    naive, n = 0.0, 0
+    for b in range(2):
+        for t in range(3):
+            y = labels[b, t + 1].item()
+            if y != -100:
+                naive += -torch.log_softmax(logits[b, t], -1)[y].item()
+                n += 1
+    assert sft_loss(logits, labels).item() == pytest.approx(naive / n, rel=1e-5)
+    assert sft_loss(logits, labels, normalizer=10).item() == pytest.approx(naive / 10, rel=1e-5)
