@@ -17,6 +17,7 @@ from srlm.errors import UserError
 VERB_MODULES = [
     "srlm.commands.demo",
     "srlm.commands.data",
+    "srlm.commands.grade",
     "srlm.commands.run",
     "srlm.commands.tiny_model",
 ]
@@ -36,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may come after options (`srlm run cfg.yaml --only a grpo.beta=0`): argparse
+    # stops collecting positionals at the first option, so pick the rest up here.
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -135,7 +135,10 @@ class CollapseGuardConfig(Strict):
         0.05, ge=0, le=1, description="Collapse when the format rate's moving average falls below this..."
     )
     format_drop: float = Field(0.5, ge=0, le=1, description="...after having been at least this much higher.")
-    max_entropy: float = Field(6.0, gt=0, description="Collapse when mean token entropy (nats) exceeds this.")
+    max_entropy: float = Field(
+        2.5, gt=0, description="Collapse when mean token entropy (nats) exceeds this and..."
+    )
+    entropy_rise: float = Field(1.0, ge=0, description="...has risen this much above its first-window average.")
 
 
 class GRPOConfig(OptimConfig):

@@ -17,6 +17,7 @@ import shutil
 import time
 from collections import deque
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,10 +31,10 @@ from srlm.grading.rewards import REWARDS
 from srlm.grading import grade
 from srlm.models import apply_lora, is_peft, load_model, save_model
 from srlm.train.loop import (
-    MetricsLog, Timer, clip_and_step, init_distributed, load_resume_checkpoint, make_optimizer,
-    make_scheduler, progress_bar, save_resume_checkpoint,
+    MetricsLog, Timer, all_reduce_sum, broadcast_parameters, clip_and_step, init_distributed,
+    load_resume_checkpoint, make_optimizer, make_scheduler, progress_bar, save_resume_checkpoint, sum_gradients,
 )
-from srlm.train.losses import group_advantages, grpo_loss, token_entropy, token_logprobs
+from srlm.train.losses import AGGREGATIONS, group_advantages, grpo_loss, token_entropy, token_logprobs
 from srlm.train.sft import load_stage_records
 
 ANSWER_STOP = "</answer>"
@@ -44,47 +45,52 @@ class Collapsed(Exception):
 
 
 class CollapseGuard:
-    """Watches moving averages of format rate and entropy, and the loss, for signs of collapse."""
+    """Watches the loss and moving averages of format rate and entropy for the signs of RL collapse:
+    a non-finite loss, the format rate falling to near zero from well above, or the token entropy
+    blowing up (the policy turning into noise) relative to where the stage started."""
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.format = deque(maxlen=cfg.window)
         self.entropy = deque(maxlen=cfg.window)
         self.best_format = 0.0
+        self.start_entropy: float | None = None
 
     def check(self, loss: float, format_rate: float, entropy: float) -> str | None:
-        if not math.isfinite(loss):
-            return f"non-finite loss ({loss})"
+        """The reason to stop, or None while training looks healthy."""
+        if not (math.isfinite(loss) and math.isfinite(entropy)):
+            return f"non-finite loss or entropy (loss {loss}, entropy {entropy})"
         if not self.cfg.enabled:
             return None
         self.format.append(format_rate)
         self.entropy.append(entropy)
-        if len(self.format) < self.format.maxlen:
+        if len(self.format) < self.cfg.window:
             return None
         f_avg = sum(self.format) / len(self.format)
         e_avg = sum(self.entropy) / len(self.entropy)
+        if self.start_entropy is None:
+            self.start_entropy = e_avg
         self.best_format = max(self.best_format, f_avg)
         if f_avg < self.cfg.min_format_rate and self.best_format - f_avg >= self.cfg.format_drop:
             return (f"format rate fell to {f_avg:.2f} (moving average over {len(self.format)} steps) "
                     f"from {self.best_format:.2f}")
-        if e_avg > self.cfg.max_entropy:
-            return f"token entropy rose to {e_avg:.2f} nats (limit {self.cfg.max_entropy})"
+        if e_avg > max(self.cfg.max_entropy, self.start_entropy + self.cfg.entropy_rise):
+            return f"token entropy rose to {e_avg:.2f} nats from {self.start_entropy:.2f}"
         return None
 
 
 def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress: bool = True) -> dict:
-    """Train with GRPO from `model_dir`; write `out_dir/checkpoint`. Returns a summary with `status`."""
+    """Train with GRPO from `model_dir`; write `out_dir/checkpoint`. Returns a summary with `status`.
+
+    Under torchrun / accelerate launch each process samples and scores its share of the step's questions
+    (whole groups, so advantages stay local), and gradients are summed with losses normalised by the
+    whole batch's counts: the update equals the single-process one.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     d = init_distributed(device)
-    if d.world > 1:
-        raise UserError("GRPO runs in one process for now; launch it without torchrun")
-    unknown = [r for r in cfg.rewards if r not in REWARDS]
-    if unknown:
-        raise UserError(f"grpo.rewards: unknown reward(s) {unknown}; available: {sorted(REWARDS)}")
+    _check_config(cfg, d)
     weights = cfg.reward_weights or [1.0] * len(cfg.rewards)
-    if len(weights) != len(cfg.rewards):
-        raise UserError(f"grpo.reward_weights has {len(weights)} entries for {len(cfg.rewards)} rewards")
 
     torch.manual_seed(cfg.seed)
     model, tok = load_model(model_dir, device, dtype="float32")
@@ -96,6 +102,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
+    broadcast_parameters(model, d)
 
     problems = [to_rl_example(r) for r in load_stage_records(cfg.data)]
     if not problems:
@@ -106,61 +113,48 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                               n=cfg.group_size, stop_token_ids=tuple(stop_token_ids(tok)),
                               stop_strings=(ANSWER_STOP,))
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     opt = make_optimizer(model, cfg)
-    minibatch = cfg.minibatch_size or cfg.prompts_per_step * cfg.group_size
-    updates_per_step = cfg.mu * math.ceil(cfg.prompts_per_step * cfg.group_size / minibatch)
-    sched = make_scheduler(opt, cfg, cfg.steps * updates_per_step)
+    batch_seqs = cfg.prompts_per_step * cfg.group_size
+    minibatch = cfg.minibatch_size or batch_seqs
+    sched = make_scheduler(opt, cfg, cfg.steps * cfg.mu * math.ceil(batch_seqs / minibatch))
     resume_dir = out_dir / "resume"
     start, extra = 0, {"cursor": 0}
     if (resume_dir / "trainer_state.pt").exists():
         start, extra = load_resume_checkpoint(resume_dir, model, opt, sched)
     cursor = int(extra.get("cursor", 0))
-    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=start)
+    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=start, enabled=d.main)
     guard = CollapseGuard(cfg.collapse)
-    bar = progress_bar(cfg.steps, "grpo", initial=start, enabled=progress)
+    bar = progress_bar(cfg.steps, "grpo", initial=start, enabled=progress and d.main)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     status, reason, last = "done", None, {}
-    t_stage = time.perf_counter()
+    t_stage, tokens = time.perf_counter(), 0
     try:
         for step in range(start, cfg.steps):
             timer = Timer()
-            gen_seed = cfg.seed * 1_000_003 + step
-            # ---- rollout: sample G completions per question (refilling zero-variance groups if asked)
+            # ---- rollout: G completions per question of this process's share of the step
             with timer.phase("generate"):
                 batch_idx, completions, cursor, n_dropped = _rollout(
-                    engine, sampling, prompt_ids, problems, cfg, cursor, gen_seed, weights)
-            # ---- score
+                    engine, sampling, prompt_ids, problems, cfg, cursor, cfg.seed * 1_000_003 + step, weights, d)
+            # ---- score with the named rewards, then group-relative advantages
             with timer.phase("score"):
                 texts = [c.text for group in completions for c in group]
                 golds = [problems[i]["answer"] for i in batch_idx for _ in range(cfg.group_size)]
                 per_reward = {name: torch.tensor([REWARDS[name](t, g) for t, g in zip(texts, golds)])
-                              for name in cfg.rewards}
+                              for name in cfg.rewards}  # name -> [B]
                 rewards = sum(w * per_reward[n] for n, w in zip(cfg.rewards, weights))  # [B]
-                grades = [grade(t, g) for t, g in zip(texts, golds)]
                 advantages = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards)  # [B]
-            # ---- train
+                grades = [grade(t, g) for t, g in zip(texts, golds)]
+            # ---- mu passes of clipped-ratio updates
             with timer.phase("train"):
                 seqs = [(prompt_ids[i], c) for i, group in zip(batch_idx, completions) for c in group]
-                stats = _update(model, ref_model, opt, sched, seqs, advantages, cfg, device, tok, minibatch,
-                                use_bf16)
-            n = len(texts)
-            lengths = [len(c.token_ids) for group in completions for c in group]
-            last = {
-                "step": step + 1,
-                "reward": float(rewards.mean()), "reward_std": float(rewards.std()),
-                **{f"reward/{k}": float(v.mean()) for k, v in per_reward.items()},
-                **{f"reward_std/{k}": float(v.std()) for k, v in per_reward.items()},
-                "accuracy": sum(g.correct for g in grades) / n,
-                "format_rate": sum(g.format_ok for g in grades) / n,
-                "completion_len_mean": sum(lengths) / n, "completion_len_max": max(lengths),
-                "truncation_rate": sum(c.truncated for group in completions for c in group) / n,
-                "zero_var_groups": float((rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean()),
-                "dropped_groups": n_dropped,
-                **stats,
-                "lr": sched.get_last_lr()[0],
-                **{f"seconds/{k}": v for k, v in timer.seconds.items()},
-            }
+                stats = grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id, d, use_bf16)
+            tokens += sum(len(p) + len(c.token_ids) for p, c in seqs)
+            last = {"step": step + 1,
+                    **_rollout_metrics(per_reward, rewards, grades, completions, cfg.group_size, d),
+                    "dropped_groups": n_dropped, **stats, "lr": sched.get_last_lr()[0],
+                    **{f"seconds/{k}": v for k, v in timer.seconds.items()}}
             log.log(last)
             bar.set_postfix(reward=f"{last['reward']:.2f}", acc=f"{last['accuracy']:.2f}",
                             fmt=f"{last['format_rate']:.2f}", kl=f"{last['kl']:.3f}")
@@ -168,7 +162,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
             why = guard.check(last["loss"], last["format_rate"], last["entropy"])
             if why:
                 raise Collapsed(why)
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps and d.main:
                 save_resume_checkpoint(resume_dir, model, opt, sched, step + 1, {"cursor": cursor})
     except Collapsed as e:
         status, reason = "collapsed", str(e)
@@ -176,41 +170,60 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
     finally:
         bar.close()
         log.close()
-    save_model(model, tok, out_dir / "checkpoint")
-    if status == "done":
-        shutil.rmtree(resume_dir, ignore_errors=True)
-    return {"status": status, "reason": reason, "steps": last.get("step", start),
+    if d.main:
+        save_model(model, tok, out_dir / "checkpoint")
+        if status == "done":
+            shutil.rmtree(resume_dir, ignore_errors=True)
+    return {"status": status, "reason": reason, "steps": last.get("step", start), "tokens": tokens,
             "final": {k: v for k, v in last.items() if not k.startswith("seconds/")},
             "train_seconds": time.perf_counter() - t_stage}
 
 
-def _rollout(engine, sampling, prompt_ids, problems, cfg, cursor, seed, weights):
-    """Questions for this step (in a seeded epoch order) and their G completions each.
+def _check_config(cfg, d) -> None:
+    unknown = [r for r in cfg.rewards if r not in REWARDS]
+    if unknown:
+        raise UserError(f"grpo.rewards: unknown reward(s) {unknown}; available: {sorted(REWARDS)}")
+    if cfg.reward_weights is not None and len(cfg.reward_weights) != len(cfg.rewards):
+        raise UserError(f"grpo.reward_weights has {len(cfg.reward_weights)} entries for {len(cfg.rewards)} rewards")
+    if cfg.aggregation not in AGGREGATIONS:
+        raise UserError(f"grpo.aggregation: unknown {cfg.aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
+    if cfg.prompts_per_step % d.world:
+        raise UserError(f"grpo.prompts_per_step ({cfg.prompts_per_step}) must divide evenly over {d.world} processes")
+    minibatch = cfg.minibatch_size or cfg.prompts_per_step * cfg.group_size
+    if minibatch % (cfg.group_size * d.world) and cfg.minibatch_size:
+        raise UserError(f"grpo.minibatch_size ({minibatch}) must be a multiple of group_size x processes")
+    if cfg.dynamic_sampling and d.world > 1:
+        raise UserError("grpo.dynamic_sampling runs in one process; turn it off under torchrun")
 
-    With dynamic sampling, groups whose rewards are all equal carry no signal; they are dropped and more
-    questions are drawn, up to 4 rounds, so the batch is as full of signal as the data allows.
+
+def _rollout(engine, sampling, prompt_ids, problems, cfg, cursor, seed, weights, d):
+    """This process's questions for the step (from a seeded epoch order) and their G completions each.
+
+    Every process walks the same question stream and takes its own slice. With dynamic sampling (one
+    process), groups whose rewards are all equal carry no signal: they are dropped and more questions
+    drawn, up to 4 rounds, so the batch is as full of signal as the data allows.
     """
-    kept_idx, kept = [], []
-    n_zero_var = 0
+    share = cfg.prompts_per_step // d.world
+    kept_idx, kept, n_dropped = [], [], 0
     rounds = 4 if cfg.dynamic_sampling else 1
     for r in range(rounds):
-        need = cfg.prompts_per_step - len(kept_idx)
-        idx = [_question_at(cursor + k, len(problems), cfg.seed) for k in range(need)]
+        need = cfg.prompts_per_step - len(kept_idx) * d.world if r else cfg.prompts_per_step
+        stream = [_question_at(cursor + k, len(problems), cfg.seed) for k in range(need)]
         cursor += need
-        s = SamplingParams(**{**sampling.__dict__, "seed": seed * 7 + r})
-        groups = engine.generate([prompt_ids[i] for i in idx], s)
+        idx = stream[d.rank * share:(d.rank + 1) * share] if r == 0 else stream
+        groups = engine.generate([prompt_ids[i] for i in idx], replace(sampling, seed=seed * 7 + r * 997 + d.rank))
         for i, group in zip(idx, groups):
-            scores = [sum(w * REWARDS[n](c.text, problems[i]["answer"]) for n, w in zip(cfg.rewards, weights))
-                      for c in group] if cfg.dynamic_sampling else None
-            zero_var = scores is not None and max(scores) == min(scores)
-            n_zero_var += zero_var
-            if not zero_var or r == rounds - 1:
-                kept_idx.append(i)
-                kept.append(group)
-        if len(kept_idx) >= cfg.prompts_per_step:
+            if cfg.dynamic_sampling and r < rounds - 1:
+                scores = {sum(w * REWARDS[n](c.text, problems[i]["answer"]) for n, w in zip(cfg.rewards, weights))
+                          for c in group}
+                if len(scores) == 1:
+                    n_dropped += 1
+                    continue
+            kept_idx.append(i)
+            kept.append(group)
+        if len(kept_idx) >= share:
             break
-    kept_idx, kept = kept_idx[: cfg.prompts_per_step], kept[: cfg.prompts_per_step]
-    return kept_idx, kept, cursor, n_zero_var
+    return kept_idx[:share], kept[:share], cursor, n_dropped
 
 
 def _question_at(position: int, n: int, seed: int) -> int:
@@ -219,6 +232,29 @@ def _question_at(position: int, n: int, seed: int) -> int:
     order = list(range(n))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     return order[offset]
+
+
+def _rollout_metrics(per_reward, rewards, grades, completions, group_size: int, d) -> dict:
+    """Means over every process's rollouts: rewards, accuracy, format, lengths, truncation, dead groups."""
+    flat = [c for group in completions for c in group]
+    lengths = torch.tensor([float(len(c.token_ids)) for c in flat])
+    sums = {
+        "reward": float(rewards.sum()), "reward_sq": float((rewards ** 2).sum()),
+        **{f"reward/{k}": float(v.sum()) for k, v in per_reward.items()},
+        "accuracy": float(sum(g.correct for g in grades)), "format_rate": float(sum(g.format_ok for g in grades)),
+        "completion_len_mean": float(lengths.sum()),
+        "truncation_rate": float(sum(c.truncated for c in flat)),
+        "zero_var_groups": float((rewards.view(-1, group_size).std(dim=1) == 0).sum()),
+        "n": float(len(flat)), "groups": float(len(flat) // group_size),
+    }
+    sums = {k: all_reduce_sum(v, d) for k, v in sums.items()}
+    n = max(sums.pop("n"), 1.0)
+    groups = max(sums.pop("groups"), 1.0)
+    out = {k: v / n for k, v in sums.items() if k not in ("reward_sq", "zero_var_groups")}
+    out["reward_std"] = math.sqrt(max(0.0, sums["reward_sq"] / n - out["reward"] ** 2))
+    out["zero_var_groups"] = sums["zero_var_groups"] / groups
+    out["completion_len_max"] = float(lengths.max()) if len(flat) else 0.0
+    return out
 
 
 def _pad_sequences(seqs, pad_id: int, device, mask_truncated: bool = False):
@@ -241,41 +277,46 @@ def _pad_sequences(seqs, pad_id: int, device, mask_truncated: bool = False):
 
 
 def _policy_logprobs(model, ids, attn, temperature: float, use_bf16: bool, with_entropy: bool = False):
-    """log pi(token) of every next token [B, L-1] (and its entropy when asked)."""
+    """log pi(next token) at every position [B, L-1] (and the entropy there when asked)."""
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=use_bf16):
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1, :]  # [B, L-1, V]
-    t = temperature if temperature > 0 else 1.0
+    t = temperature if temperature > 0 else 1.0  # pi_old is the tempered sampling distribution
     logp = token_logprobs(logits, ids[:, 1:], temperature=t)  # [B, L-1]
     ent = token_entropy(logits.detach(), temperature=t) if with_entropy else None
     return logp, ent
 
 
-def _update(model, ref_model, opt, sched, seqs, advantages, cfg, device, tok, minibatch: int, use_bf16: bool):
-    """`mu` passes of GRPO updates over the generation batch; returns step statistics."""
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int, d, use_bf16: bool) -> dict:
+    """`mu` passes of GRPO updates over this process's sequences; returns the step's statistics.
+
+    pi_old and pi_ref log-probs are computed once, before any update. With mu = 1 and one minibatch the
+    policy has not moved at the first forward, so pi_old is that forward's own (detached) output and the
+    extra pass is skipped.
+    """
+    device = next(model.parameters()).device
     micro = cfg.micro_batch_size
-    chunks = [list(range(s, min(s + micro, len(seqs)))) for s in range(0, len(seqs), micro)]
+    n_local = len(seqs)
+    chunks = [list(range(s, min(s + micro, n_local))) for s in range(0, n_local, micro)]
     padded = [_pad_sequences([seqs[i] for i in ch], pad_id, device, cfg.mask_truncated) for ch in chunks]
-    need_old = cfg.mu > 1 or (cfg.minibatch_size and cfg.minibatch_size < len(seqs))
+    minibatch = cfg.minibatch_size or cfg.prompts_per_step * cfg.group_size  # global sequences per update
+    local_mb = minibatch // d.world
+    need_old = cfg.mu > 1 or local_mb < n_local
     old_logps, ref_logps = [], []
-    with torch.no_grad():  # pi_old and pi_ref are fixed for the whole generation batch
+    with torch.no_grad():
         for ids, attn, _ in padded:
             old_logps.append(_policy_logprobs(model, ids, attn, cfg.temperature, use_bf16)[0] if need_old else None)
+            ref = None
             if cfg.beta > 0:
-                ctx = model.disable_adapter() if is_peft(model) else nullcontext()
-                with ctx:
-                    ref = ref_model if ref_model is not None else model
-                    ref_logps.append(_policy_logprobs(ref, ids, attn, cfg.temperature, use_bf16)[0])
-            else:
-                ref_logps.append(None)
+                with (model.disable_adapter() if is_peft(model) else nullcontext()):
+                    ref = _policy_logprobs(ref_model or model, ids, attn, cfg.temperature, use_bf16)[0]
+            ref_logps.append(ref)
     totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0}
-    n_updates, n_tok = 0, 0
+    n_updates, n_tok = 0, 0.0
     for _ in range(cfg.mu):
-        for mb_start in range(0, len(seqs), minibatch):
-            mb = range(mb_start, min(mb_start + minibatch, len(seqs)))
-            mb_chunks = [k for k, ch in enumerate(chunks) if ch[0] in mb]
-            n_seqs = len(mb)
-            n_tokens = float(sum(padded[k][2].sum() for k in mb_chunks))
+        for mb_start in range(0, n_local, local_mb):
+            mb_chunks = [k for k, ch in enumerate(chunks) if mb_start <= ch[0] < mb_start + local_mb]
+            # the whole minibatch's counts, over every process, normalise each micro-batch's loss
+            n_tokens = all_reduce_sum(float(sum(padded[k][2].sum() for k in mb_chunks)), d)
             loss_total = 0.0
             for k in mb_chunks:
                 ids, attn, comp = padded[k]
@@ -284,25 +325,26 @@ def _update(model, ref_model, opt, sched, seqs, advantages, cfg, device, tok, mi
                 loss, st = grpo_loss(logp, old, advantages[chunks[k]].to(device), comp, ref_logp=ref_logps[k],
                                      beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                                      aggregation=cfg.aggregation, max_tokens=cfg.max_new_tokens,
-                                     n_seqs=n_seqs, n_tokens=n_tokens)
+                                     n_seqs=minibatch, n_tokens=n_tokens)
                 loss.backward()
                 loss_total += float(loss.detach())
-                tok_here = float(comp.sum())
-                n_tok += tok_here
-                totals["kl"] += float(st["kl"]) * tok_here
-                totals["clip_fraction"] += float(st["clip_fraction"]) * tok_here
+                here = float(comp.sum())
+                n_tok += here
+                totals["kl"] += float(st["kl"]) * here
+                totals["clip_fraction"] += float(st["clip_fraction"]) * here
                 totals["entropy"] += float((ent * comp).sum())
+            loss_total = all_reduce_sum(loss_total, d)
             if not math.isfinite(loss_total):
                 opt.zero_grad(set_to_none=True)  # never step on a non-finite loss
-                totals["loss"] = loss_total
-                return {**totals, "entropy": float("nan")}
+                return {**totals, "loss": loss_total, "entropy": float("nan")}
+            sum_gradients(model, d)
             totals["grad_norm"] += clip_and_step(model, opt, sched, cfg.max_grad_norm)
             totals["loss"] += loss_total
             n_updates += 1
-    n_tok = max(n_tok, 1.0)
-    return {"loss": totals["loss"] / n_updates, "kl": totals["kl"] / n_tok,
-            "clip_fraction": totals["clip_fraction"] / n_tok, "entropy": totals["entropy"] / n_tok,
-            "grad_norm": totals["grad_norm"] / n_updates}
+    n_tok = max(all_reduce_sum(n_tok, d), 1.0)
+    return {"loss": totals["loss"] / n_updates, "kl": all_reduce_sum(totals["kl"], d) / n_tok,
+            "clip_fraction": all_reduce_sum(totals["clip_fraction"], d) / n_tok,
+            "entropy": all_reduce_sum(totals["entropy"], d) / n_tok, "grad_norm": totals["grad_norm"] / n_updates}
 
 
 def _restore_last_good(model, model_dir: Path, resume_dir: Path, device) -> None:
