@@ -204,7 +204,10 @@ STAGE_CONFIGS: dict[str, type[OptimConfig]] = {
 class PipelineConfig(Strict):
     """A starting model, an ordered list of stages, and an evaluation of the result."""
 
-    extends: str | None = Field(None, description="Run this other pipeline's stages first.")
+    start: str | None = Field(
+        None, description="Starting model (folder or hub id) when it differs from `model.name_or_path`."
+    )
+    extends: str | None = Field(None, description="Run this other pipeline's stages first (and start where it starts).")
     stages: list[dict[str, Any]] = Field(
         default_factory=list, description="Stages: `{kind: sft|kd|grpo|pretrain, <field overrides>}`."
     )
@@ -238,6 +241,18 @@ def stage_config(cfg: RunConfig, stage: dict[str, Any], where: str) -> OptimConf
     overrides = {k: v for k, v in stage.items() if k != "kind"}
     merged = _deep_merge(getattr(cfg, kind).model_dump(), overrides)
     return _validate(STAGE_CONFIGS[kind], merged, prefix=where)
+
+
+def pipeline_start(cfg: RunConfig, name: str) -> str:
+    """The starting model of pipeline `name`: its own `start`, else its ancestor's, else `model.name_or_path`."""
+    seen: set[str] = set()
+    current: str | None = name
+    while current is not None and current in cfg.pipelines and current not in seen:
+        seen.add(current)
+        if cfg.pipelines[current].start:
+            return cfg.pipelines[current].start
+        current = cfg.pipelines[current].extends
+    return cfg.model.name_or_path
 
 
 def pipeline_stages(cfg: RunConfig, name: str) -> list[tuple[str, OptimConfig]]:

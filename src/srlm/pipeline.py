@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from srlm.config import RunConfig, pipeline_stages
+from srlm.config import RunConfig, pipeline_stages, pipeline_start
 from srlm.errors import UserError
 from srlm.models import resolve_device
 from srlm.train.loop import atomic_write_json, atomic_write_text
@@ -76,9 +76,10 @@ class PipelineResult:
     reason: str | None = None
 
 
-def start_model(cfg: RunConfig, run_dir: Path) -> tuple[Path | str, str]:
-    """(path or hub id, key) of every pipeline's starting model; writes the tiny model when asked for."""
-    if cfg.model.name_or_path == "tiny":
+def start_model(cfg: RunConfig, run_dir: Path, name: str) -> tuple[Path | str, str]:
+    """(path or hub id, key) of pipeline `name`'s starting model; writes the tiny model when asked for."""
+    start = pipeline_start(cfg, name)
+    if start == "tiny":
         from srlm.tiny import TinySpec, write_tiny_model
 
         spec = TinySpec(**cfg.model.tiny.model_dump())
@@ -86,7 +87,7 @@ def start_model(cfg: RunConfig, run_dir: Path) -> tuple[Path | str, str]:
         if not (folder / "config.json").exists():
             write_tiny_model(folder, spec)
         return folder, "tiny:" + content_key(cfg.model.tiny.model_dump())
-    return cfg.model.name_or_path, "model:" + cfg.model.name_or_path
+    return start, "model:" + start
 
 
 def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device, progress: bool) -> dict:
@@ -125,7 +126,7 @@ def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device
 
 
 def run_pipeline(cfg: RunConfig, name: str, run_dir: Path, device, progress: bool = True) -> PipelineResult:
-    path, key = start_model(cfg, run_dir)
+    path, key = start_model(cfg, run_dir, name)
     stages = []
     for kind, scfg in pipeline_stages(cfg, name):
         m = run_stage(kind, scfg, path, key, run_dir, device, progress)

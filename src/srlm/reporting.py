@@ -8,7 +8,10 @@ from pathlib import Path
 import yaml
 
 from srlm.report import Row, accuracy_table, cost_table, csv_text, latex, report_markdown
-from srlm.train.loop import atomic_write_text
+from srlm.train.loop import atomic_write_text, read_metrics
+
+RL_CURVES = [("reward", "reward"), ("accuracy", "accuracy"), ("kl", "KL to reference"),
+             ("completion_len_mean", "completion length (tokens)")]
 
 
 def collect_rows(run_dir: Path) -> list[Row]:
@@ -38,8 +41,76 @@ def collect_rows(run_dir: Path) -> list[Row]:
     return rows
 
 
-def write_report(run_dir: Path, formats: tuple[str, ...] = ("md", "csv", "tex")) -> Path:
-    """Write `report.md` (and csv/tex tables) into `run_dir`; returns the report's path."""
+def _stage_label(rows: list[Row], stage_dir: str) -> str:
+    """Name a stage after the shortest pipeline that ends with it (its owner), e.g. `base + SFT`."""
+    owners = [r for r in rows if r.stages and r.stages[-1]["dir"] == stage_dir]
+    users = owners or [r for r in rows if any(st["dir"] == stage_dir for st in r.stages)]
+    kind = Path(stage_dir).name.split("-")[0]
+    return f"{users[0].label} ({kind})" if users else Path(stage_dir).name
+
+
+def plot_files(run_dir: Path, rows: list[Row]) -> list[tuple[str, str]]:
+    """Write the report's PNGs; returns (caption, relative path) pairs. Needs matplotlib (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    plots: list[tuple[str, str]] = []
+    stage_dirs = list(dict.fromkeys(st["dir"] for r in rows for st in r.stages))
+    rl = [d for d in stage_dirs if Path(d).name.startswith("grpo")]
+    sup = [d for d in stage_dirs if not Path(d).name.startswith("grpo")]
+    if rl:
+        fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+        for d in rl:
+            m = read_metrics(Path(d) / "metrics.jsonl")
+            for ax, (key, title) in zip(axes.flat, RL_CURVES):
+                ax.plot([x["step"] for x in m], [x.get(key, float("nan")) for x in m], label=_stage_label(rows, d))
+                ax.set_title(title)
+                ax.set_xlabel("step")
+        axes.flat[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "rl_curves.png", dpi=110)
+        plt.close(fig)
+        plots.append(("RL curves: reward, accuracy, KL, completion length", "plots/rl_curves.png"))
+    if sup:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for d in sup:
+            m = read_metrics(Path(d) / "metrics.jsonl")
+            ax.plot([x["step"] for x in m], [x["loss"] for x in m], label=_stage_label(rows, d))
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "loss_curves.png", dpi=110)
+        plt.close(fig)
+        plots.append(("Loss curves of the supervised stages", "plots/loss_curves.png"))
+    scored = [r for r in rows if r.benchmarks and r.status == "done"]
+    if scored:
+        benches = list(dict.fromkeys(b for r in scored for b in r.benchmarks))
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(scored) * len(benches) ** 0.5), 4.5))
+        width = 0.8 / len(benches)
+        for j, b in enumerate(benches):
+            xs = [i + j * width for i in range(len(scored))]
+            ys = [100 * r.benchmarks[b]["accuracy"] if b in r.benchmarks else 0 for r in scored]
+            es = [100 * r.benchmarks[b].get("accuracy_se", 0) if b in r.benchmarks else 0 for r in scored]
+            ax.bar(xs, ys, width, yerr=es, capsize=2, label=b)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(scored))])
+        ax.set_xticklabels([r.label for r in scored], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("accuracy (%)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "accuracy.png", dpi=110)
+        plt.close(fig)
+        plots.append(("Accuracy per method and benchmark (± standard error)", "plots/accuracy.png"))
+    return plots
+
+
+def write_report(run_dir: Path, formats: tuple[str, ...] = ("md", "csv", "tex", "png")) -> Path:
+    """Write `report.md` (and csv/tex tables, png plots) into `run_dir`; returns the report's path."""
     run_dir = Path(run_dir)
     rows = collect_rows(run_dir)
     tables = {"accuracy": accuracy_table(rows), "cost": cost_table(rows)}
@@ -49,6 +120,7 @@ def write_report(run_dir: Path, formats: tuple[str, ...] = ("md", "csv", "tex"))
     if "tex" in formats:
         for name, t in tables.items():
             atomic_write_text(run_dir / f"{name}.tex", latex(t))
+    plots = plot_files(run_dir, rows) if "png" in formats else []
     path = run_dir / "report.md"
-    atomic_write_text(path, report_markdown(f"srlm report: {run_dir.name}", rows))
+    atomic_write_text(path, report_markdown(f"srlm report: {run_dir.name}", rows, plots))
     return path

@@ -49,7 +49,11 @@ def test_mini_demo_runs_every_stage(tmp_path, capsys):
         assert bench["n_problems"] == 12
         lines = (run_dir / name / "eval" / "synthetic" / "samples.jsonl").read_text().splitlines()
         assert len(lines) == 12
-    (run_dir / "config.yaml").exists()
+    assert (run_dir / "config.yaml").exists()
+    for png in ("rl_curves.png", "loss_curves.png", "accuracy.png"):
+        assert (run_dir / "plots" / png).stat().st_size > 1000
+        assert f"(plots/{png})" in report
+    assert (run_dir / "accuracy.csv").exists() and (run_dir / "accuracy.tex").exists()
 
     # Re-running skips every finished stage (manifests untouched) and gives the same table.
     before = {p: p.stat().st_mtime_ns for p in run_dir.glob("stages/*/manifest.json")}
