@@ -1,0 +1,99 @@
+"""`srlm grade`: grade a JSONL file of responses against gold answers.
+
+    srlm grade FILE.jsonl [--gold-field gold] [--response-field response] [--benchmark NAME]
+
+Writes one JSON object per input line to stdout, in order: ``correct``, ``extracted``, ``method``
+(the extraction rule that fired) and ``format_ok``. A summary goes to stderr. The whole file is read
+and checked before any grading, so a malformed line fails fast with its file and line number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from srlm.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `grade` verb."""
+    parser = subparsers.add_parser(
+        "grade",
+        help="grade responses in a JSONL file against gold answers",
+        description="Grade each line of a JSONL file: extract the response's final answer and compare it "
+                    "with the gold answer. One JSON verdict per line goes to stdout; a summary to stderr.",
+    )
+    parser.add_argument("file", metavar="FILE.jsonl", help="one JSON object per line, with a response and a gold")
+    parser.add_argument("--gold-field", default="gold", help="field holding the gold answer (default: gold)")
+    parser.add_argument("--response-field", default="response",
+                        help="field holding the model response (default: response)")
+    parser.add_argument("--benchmark", default=None, metavar="NAME",
+                        help="benchmark the golds come from (e.g. gsm8k, math500, minerva); exact-answer "
+                             "benchmarks get no rounding tolerance")
+    parser.set_defaults(func=run)
+
+
+def _field_text(value: Any, field: str, where: str) -> str:
+    """A field's value as text: numbers are written out, a one-element list is unwrapped."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UserError(f"{where}: field {field!r} must be a string or a number, not {type(value).__name__}")
+    return value if isinstance(value, str) else str(value)
+
+
+def read_pairs(path: Path, response_field: str, gold_field: str) -> list[tuple[str, str]]:
+    """(response, gold) for every non-blank line of ``path``; ``UserError`` names the bad line."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    pairs = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for field in (response_field, gold_field):
+                if field not in row:
+                    known = ", ".join(sorted(row)) or "none"
+                    raise UserError(f"{where}: missing field {field!r} (fields present: {known})")
+            pairs.append((_field_text(row[response_field], response_field, where),
+                          _field_text(row[gold_field], gold_field, where)))
+    return pairs
+
+
+def run(args: argparse.Namespace) -> int:
+    from srlm.grading import grade  # imported here so `srlm --help` stays fast
+
+    pairs = read_pairs(Path(args.file), args.response_field, args.gold_field)
+    start = time.perf_counter()
+    correct = failures = 0
+    out = sys.stdout
+    for response, gold in pairs:
+        result = grade(response, gold, args.benchmark)
+        correct += result.correct
+        failures += result.extracted is None
+        out.write(json.dumps({
+            "correct": result.correct,
+            "extracted": result.extracted,
+            "method": result.method,
+            "format_ok": result.format_ok,
+        }, ensure_ascii=False) + "\n")
+    out.flush()
+    elapsed = time.perf_counter() - start
+    n = len(pairs)
+    accuracy = correct / n if n else 0.0
+    print(f"graded n={n} accuracy={accuracy:.4f} ({correct}/{n}) extraction_failures={failures} "
+          f"time={elapsed:.2f}s", file=sys.stderr)
+    return 0

@@ -1,0 +1,30 @@
+"""Grade math answers: extract the final answer of a response and decide if it equals the gold.
+
+Pure functions, no file I/O, no torch. ``grade`` is the entry point used by evaluation and RL; see
+``extract.py`` for how answers are found and ``equivalence.py`` for how they are compared.
+"""
+
+from srlm.grading.equivalence import Gold, Verdict, compare, is_equivalent, parse_gold
+from srlm.grading.extract import Extraction, extract_answer
+from srlm.grading.grade import Grade, format_ok, grade
+from srlm.grading.rewards import REWARDS, combine_rewards, get_reward
+
+# Bump when a change can flip a verdict, so stored evaluation results say which grader made them.
+GRADER_VERSION = "1.0"
+
+__all__ = [
+    "GRADER_VERSION",
+    "Extraction",
+    "Gold",
+    "Grade",
+    "REWARDS",
+    "Verdict",
+    "combine_rewards",
+    "compare",
+    "extract_answer",
+    "format_ok",
+    "get_reward",
+    "grade",
+    "is_equivalent",
+    "parse_gold",
+]

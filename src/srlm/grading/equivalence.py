@@ -1,0 +1,527 @@
+"""Is an extracted answer equal to the gold answer?
+
+Tiers, cheapest first; the first that can decide does:
+
+1. ``string``: the normalised LaTeX strings are identical.
+2. ``structure``: both answers are parsed into shapes (``answer.py``) and compared piece by piece:
+   numbers exactly as rationals, tuples in order, sets and bare lists in any order, intervals with
+   their brackets, equations by their solved-for value, choice letters, text by its words, and
+   expressions by value at fixed sample points (``evaluate.py``). No sympy.
+3. ``symbolic``: only when tier 2 cannot read an answer, sympy decides in a worker process with a
+   hard time limit (``symbolic.py``).
+
+Numbers are compared exactly as rationals (``1/2`` = ``0.5``, ``3`` = ``3.0``). A gold written as a
+decimal or in scientific notation is treated as rounded (Minerva's ``4.5e33``): a response written
+with *more* digits, or an exact fraction against a gold of two or more significant digits, matches
+when it is within half a unit of the gold's last digit or within a relative 10^-(significant
+digits). A response with as few digits as the gold must match exactly, and an irrational response
+never gets the tolerance (``2\\pi`` is not ``6.28``). Benchmarks whose golds are exact (GSM8K,
+MATH, AIME, AMC) get no tolerance at all.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+
+from srlm.grading.answer import INFINITY, NEG_INFINITY, Scalar, parse_answer, text_words
+from srlm.grading.extract import last_number
+from srlm.grading.evaluate import (EvalError, close, contains, exact_value, fold_symbol_case, free_symbols,
+                                   numeric_value)
+from srlm.grading.normalize import Normalized, normalize_answer
+from srlm.grading.symbolic import symbolic_equal
+from srlm.grading.units import MULTIPLIERS, conversion_factor
+
+STRING = "string"
+STRUCTURE = "structure"
+SYMBOLIC = "symbolic"
+NO_ANSWER = "no_answer"
+
+_SAMPLE_POINTS = 3
+# Benchmarks whose golds are exact (integers, or exact LaTeX): no rounding tolerance.
+_EXACT_BENCHMARKS = ("math", "math500", "math_train", "hendrycks_math", "synthetic")
+_EXACT_BENCHMARK_WORDS = ("gsm8k", "aime", "amc")
+# "(B) 12", "B", "\\textbf{(B)}": a letter in parentheses, or a bare A–E not starting a word.
+_CHOICE_IN_TEXT = re.compile(r"^\(([A-Z])\)|^([A-E])(?:$|[^A-Za-z])")
+_NO_SOLUTION_WORDS = {"none", "nosolution", "nosolutions", "emptyset", "norealsolutions", "nosuchvalue"}
+
+
+@dataclass(frozen=True)
+class Gold:
+    """A gold answer parsed once: normalised text, shape, and whether decimals are rounded values."""
+
+    raw: str
+    norm: Normalized
+    canon: str
+    shape: tuple
+    tolerant: bool
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The comparison result and the tier that decided it."""
+
+    equal: bool
+    tier: str
+
+
+def benchmark_is_exact(benchmark: str | None) -> bool:
+    """Whether a benchmark's golds are exact values (no rounding tolerance)."""
+    if not benchmark:
+        return False
+    name = benchmark.lower().replace("-", "_")
+    return name in _EXACT_BENCHMARKS or any(word in name for word in _EXACT_BENCHMARK_WORDS)
+
+
+@lru_cache(maxsize=65536)
+def parse_gold(gold: str, benchmark: str | None = None) -> Gold:
+    """Parse ``gold`` once (cached): every response to the same problem reuses the result."""
+    norm = normalize_answer(gold)
+    return Gold(raw=gold, norm=norm, canon=_canon(norm.text), shape=parse_answer(norm.text),
+                tolerant=not benchmark_is_exact(benchmark))
+
+
+def _canon(text: str) -> str:
+    return "".join(text.split())
+
+
+@dataclass(frozen=True)
+class _Context:
+    tolerant: bool
+    gold_percent: bool
+    pred_percent: bool
+    gold_degrees: bool
+    pred_degrees: bool
+
+
+def compare(pred: str | None, gold: str | Gold, benchmark: str | None = None,
+            symbolic_timeout: float | None = None) -> Verdict:
+    """Compare an extracted answer with the gold answer (string or ``parse_gold`` result)."""
+    if pred is None:
+        return Verdict(False, NO_ANSWER)
+    g = gold if isinstance(gold, Gold) else parse_gold(gold, benchmark)
+    p_norm = normalize_answer(pred)
+    p_canon = _canon(p_norm.text)
+    if not p_canon:
+        return Verdict(False, NO_ANSWER)
+    if p_canon == g.canon:
+        return Verdict(True, STRING)
+    if g.shape[0] == "choice":
+        return Verdict(_choice_letter(p_norm.text) == g.shape[1], STRUCTURE)
+    ctx = _Context(g.tolerant, g.norm.percent, p_norm.percent, g.norm.degrees, p_norm.degrees)
+    p_shape = parse_answer(p_norm.text)
+    result = _match(g.shape, p_shape, ctx)
+    if result is False and p_shape[0] == "text" and g.shape[0] != "text":
+        # A sentence where a value was expected ("\\text{The answer is } 5"): its last number.
+        number = last_number(p_norm.text)
+        if number is not None and number != p_norm.text:
+            result = _match(g.shape, parse_answer(normalize_answer(number).text), ctx)
+    if result is not None:
+        return Verdict(result, STRUCTURE)
+    # Plain-text math is fully covered by the parser above; sympy's LaTeX reader can only help
+    # with LaTeX commands the parser does not know.
+    if "\\" not in g.norm.text and "\\" not in p_norm.text:
+        return Verdict(False, STRUCTURE)
+    kwargs = {} if symbolic_timeout is None else {"timeout": symbolic_timeout}
+    return Verdict(symbolic_equal(g.norm.text, p_norm.text, **kwargs) is True, SYMBOLIC)
+
+
+def is_equivalent(pred: str | None, gold: str | Gold, benchmark: str | None = None) -> bool:
+    """Whether the extracted answer ``pred`` equals ``gold``."""
+    return compare(pred, gold, benchmark).equal
+
+
+def _choice_letter(text: str) -> str | None:
+    flat = re.sub(r"\\text|[{}\s]|\\", "", text)
+    m = _CHOICE_IN_TEXT.match(flat)
+    return (m.group(1) or m.group(2)) if m else None
+
+
+# --- shapes ----------------------------------------------------------------------------------------
+# Each matcher returns True, False, or None ("cannot tell": an answer outside the parser's grammar).
+
+
+def _match(g: tuple, p: tuple, ctx: _Context) -> bool | None:
+    gk, pk = g[0], p[0]
+    if pk == "rel" and gk != "rel":
+        return _match_against_relation(g, p, ctx)
+    if gk == "text" or pk == "text":
+        return _match_text(g, p)
+    if gk == "choice" or pk == "choice":
+        return gk == pk and g[1] == p[1]
+    if gk == "empty" or pk == "empty":
+        return gk == pk or (pk in ("set", "list") and not p[1]) or (gk in ("set", "list") and not g[1])
+    if gk == "rel":
+        return _match_relation(g, p, ctx)
+    if gk == "scalar":
+        if pk == "scalar":
+            return _match_scalars(g[1], p[1], ctx)
+        if pk in ("list", "set") and p[1]:
+            # `\{3\}`, or the same value twice (`\frac{3}{5} \text{ or } 0.6`).
+            return _combine(_match(g, item, ctx) for item in p[1])
+        return False
+    if pk == "scalar" and gk in ("list", "set") and len(g[1]) == 1:
+        return _match(g[1][0], p, ctx)
+    if gk == "seq":
+        if pk == "seq":
+            if (g[1], g[2]) != (p[1], p[2]):
+                return False
+            return _ordered(g[3], p[3], ctx)
+        if pk == "list" and (g[1], g[2]) == ("(", ")"):
+            return _ordered(g[3], p[1], ctx)
+        if pk == "matrix":
+            return _ordered(g[3], _vector(p), ctx) if _vector(p) else False
+        return False
+    if gk in ("set", "list"):
+        if pk in ("set", "list"):
+            return _unordered(g[1], p[1], ctx)
+        if pk == "seq" and gk == "list" and (p[1], p[2]) == ("(", ")"):
+            return _unordered(g[1], p[3], ctx)
+        return False
+    if gk == "ratio" or pk == "ratio":
+        return _match_ratio(g, p, ctx)
+    if gk == "union":
+        if pk == "union":
+            return _unordered(g[1], p[1], ctx)
+        return False
+    if gk == "matrix":
+        if pk == "matrix":
+            if len(g[1]) != len(p[1]) or any(len(a) != len(b) for a, b in zip(g[1], p[1])):
+                return False
+            return _ordered([c for row in g[1] for c in row], [c for row in p[1] for c in row], ctx)
+        vector = _vector(g)
+        if vector and pk in ("seq", "list"):
+            return _ordered(vector, p[3] if pk == "seq" else p[1], ctx)
+        return False
+    return False
+
+
+def _match_ratio(g: tuple, p: tuple, ctx: _Context) -> bool | None:
+    """``3:5`` equals ``6:10`` and ``\\frac{3}{5}``; longer ratios (times) compare part by part."""
+    def as_fraction(node: tuple) -> Fraction | None:
+        if node[0] == "ratio" and len(node[1]) == 2 and all(i[0] == "scalar" and i[1].tree for i in node[1]):
+            a, b = (exact_value(i[1].tree) for i in node[1])
+            return a / b if a is not None and b else None
+        if node[0] == "scalar" and node[1].tree is not None:
+            return exact_value(node[1].tree)
+        return None
+
+    if g[0] == p[0] == "ratio" and len(g[1]) != 2:
+        return _ordered(g[1], p[1], ctx)
+    a, b = as_fraction(g), as_fraction(p)
+    if a is not None and b is not None:
+        return a == b
+    if g[0] == p[0] == "ratio":
+        return _ordered(g[1], p[1], ctx)
+    return False
+
+
+def _match_text(g: tuple, p: tuple) -> bool:
+    def words(node: tuple) -> str:
+        if node[0] == "text":
+            return node[1]
+        if node[0] == "scalar":
+            return text_words(node[1].text)
+        if node[0] == "choice":
+            return node[1].lower()
+        if node[0] == "empty":
+            return "emptyset"
+        return ""
+
+    a, b = words(g), words(p)
+    if g[0] == "empty" or p[0] == "empty":
+        return a in _NO_SOLUTION_WORDS and b in _NO_SOLUTION_WORDS
+    return bool(a) and a == b
+
+
+def _vector(node: tuple) -> list | None:
+    rows = node[1]
+    if all(len(r) == 1 for r in rows):
+        return [r[0] for r in rows]
+    if len(rows) == 1:
+        return list(rows[0])
+    return None
+
+
+def _combine(results) -> bool | None:
+    undecided = False
+    for r in results:
+        if r is False:
+            return False
+        if r is None:
+            undecided = True
+    return None if undecided else True
+
+
+def _ordered(gs, ps, ctx: _Context) -> bool | None:
+    if len(gs) != len(ps):
+        return False
+    return _combine(_match(a, b, ctx) for a, b in zip(gs, ps))
+
+
+def _unordered(gs, ps, ctx: _Context) -> bool | None:
+    """Set equality: every gold item has an equal response item and the other way round."""
+    if not gs or not ps:
+        return len(gs) == len(ps)
+    table = [[_match(a, b, ctx) for b in ps] for a in gs]
+    gold_covered = [any(r is True for r in row) for row in table]
+    pred_covered = [any(row[j] is True for row in table) for j in range(len(ps))]
+    if all(gold_covered) and all(pred_covered):
+        return True
+    undecided = any(r is None for row in table for r in row)
+    return None if undecided else False
+
+
+# --- equations and inequalities --------------------------------------------------------------------
+
+
+def _is_symbol(node: tuple) -> bool:
+    return node[0] == "scalar" and node[1].tree is not None and node[1].tree[0] == "sym"
+
+
+def _solved_value(rel: tuple) -> tuple | None:
+    """The value side of ``x = 3`` (or ``3 = x``, or the last part of ``x = 1 + 2 = 3``)."""
+    ops, parts = rel[1], rel[2]
+    if any(op != "=" for op in ops):
+        return None
+    if len(parts) > 2:
+        return parts[-1]
+    lhs, rhs = parts
+    if _is_symbol(lhs) and not _mentions(rhs, lhs[1].tree[1]):
+        return rhs
+    if _is_symbol(rhs) and not _mentions(lhs, rhs[1].tree[1]):
+        return lhs
+    # `f(x) = 2x+1`, `\frac{dM}{dt} = …`: a named left side; compare the right side.
+    if lhs[0] == "scalar" and lhs[1].tree is not None and rhs[0] != "rel":
+        if lhs[1].tree[0] == "sym" or (len(lhs[1].text) <= 12 and "(" in lhs[1].text):
+            return rhs
+    return None
+
+
+def _mentions(node: tuple, name: str) -> bool:
+    if node[0] == "scalar":
+        return node[1].tree is not None and name in free_symbols(node[1].tree)
+    return False
+
+
+def _match_against_relation(g: tuple, p: tuple, ctx: _Context) -> bool | None:
+    """A gold value against a response such as ``x = 3``, ``2\\sqrt5 \\approx 4.47`` or ``x > 3``."""
+    value = _solved_value(p)
+    if value is not None:
+        return _match(g, value, ctx)
+    interval = _inequality_interval(p)
+    if interval is not None:
+        return _match(g, interval, ctx)
+    if all(op == "=" for op in p[1]):
+        # A chain of equal values (`\frac{5}{2} = 2.5`): the gold may be its last or first member.
+        last = _match(g, p[2][-1], ctx)
+        return True if last else _match(g, p[2][0], ctx)
+    return False
+
+
+def _match_relation(g: tuple, p: tuple, ctx: _Context) -> bool | None:
+    g_value = _solved_value(g)
+    if p[0] != "rel":
+        if g_value is not None:
+            return _match(g_value, p, ctx)
+        interval = _inequality_interval(g)
+        return _match(interval, p, ctx) if interval is not None else False
+    if g[1] == ("=",) and p[1] == ("=",):
+        (gl, gr), (pl, pr) = g[2], p[2]
+        if _match(gl, pl, ctx) is True:
+            return _match(gr, pr, ctx)
+        if _match(gl, pr, ctx) is True:
+            return _match(gr, pl, ctx)
+        p_value = _solved_value(p)
+        if g_value is not None and p_value is not None and _match(g_value, p_value, ctx):
+            return True  # `f^{-1}(x) = \frac{x-1}{2}` and `y = \frac{x-1}{2}`
+        return _equations_equivalent(g, p)
+    g_interval, p_interval = _inequality_interval(g), _inequality_interval(p)
+    if g_interval is not None and p_interval is not None:
+        return _match(g_interval, p_interval, ctx)
+    if len(g[1]) == len(p[1]) and g[1] == p[1]:
+        return _ordered(g[2], p[2], ctx)
+    return False
+
+
+def _equations_equivalent(g: tuple, p: tuple) -> bool | None:
+    """``y = 2x + 1`` ≡ ``2x - y + 1 = 0``: lhs − rhs agree up to a constant non-zero factor."""
+    trees = []
+    for rel in (g, p):
+        lhs, rhs = rel[2]
+        if lhs[0] != "scalar" or rhs[0] != "scalar":
+            return False
+        if lhs[1].tree is None or rhs[1].tree is None:
+            return None
+        trees.append(("add", lhs[1].tree, ("neg", rhs[1].tree)))
+    ratio = None
+    agreed = 0
+    for point in range(_SAMPLE_POINTS + 1):
+        try:
+            a, b = numeric_value(trees[0], point), numeric_value(trees[1], point)
+        except EvalError:
+            continue
+        if close(a, 0) or close(b, 0):
+            if close(a, 0) and close(b, 0):
+                continue
+            return False
+        r = a / b
+        if ratio is None:
+            ratio = r
+        elif not close(r, ratio, rel=1e-8):
+            return False
+        agreed += 1
+    return agreed >= 2
+
+
+def _inequality_interval(rel: tuple) -> tuple | None:
+    """``x > 3`` → (3, ∞); ``-1 \\le x < 2`` → [-1, 2); ``x \\ne 2`` → (-∞, 2) ∪ (2, ∞); else ``None``."""
+    ops, parts = rel[1], rel[2]
+    if ops == ("!=",) and _is_symbol(parts[0]):
+        below = ("seq", "(", ")", (("scalar", NEG_INFINITY), parts[1]))
+        above = ("seq", "(", ")", (parts[1], ("scalar", INFINITY)))
+        return ("union", (below, above))
+    if any(op not in ("<", "<=", ">", ">=") for op in ops):
+        return None
+    if len(parts) == 2:
+        lhs, rhs = parts
+        if _is_symbol(lhs):
+            var_first, bound, op = True, rhs, ops[0]
+        elif _is_symbol(rhs):
+            var_first, bound, op = False, lhs, ops[0]
+        else:
+            return None
+        if not var_first:
+            op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
+        if op in ("<", "<="):
+            return ("seq", "(", "]" if op == "<=" else ")", (("scalar", NEG_INFINITY), bound))
+        return ("seq", "[" if op == ">=" else "(", ")", (bound, ("scalar", INFINITY)))
+    if len(parts) == 3 and _is_symbol(parts[1]):
+        if all(op in ("<", "<=") for op in ops):
+            lo, hi, (op_lo, op_hi) = parts[0], parts[2], ops
+        elif all(op in (">", ">=") for op in ops):
+            lo, hi, (op_hi, op_lo) = parts[2], parts[0], ops
+        else:
+            return None
+        return ("seq", "[" if op_lo.endswith("=") else "(", "]" if op_hi.endswith("=") else ")", (lo, hi))
+    return None
+
+
+# --- numbers and expressions -----------------------------------------------------------------------
+
+
+def _match_scalars(g: Scalar, p: Scalar, ctx: _Context) -> bool | None:
+    if g.text == p.text and g.tree is not None and (g.unit == p.unit or not g.unit or not p.unit):
+        return True
+    undecided = False
+    for gs in (g, g.alt):
+        for ps in (p, p.alt):
+            if gs is None or ps is None:
+                continue
+            result = _match_scalar(gs, ps, ctx)
+            if result:
+                return True
+            undecided = undecided or result is None
+    return None if undecided else False
+
+
+def _match_scalar(g: Scalar, p: Scalar, ctx: _Context) -> bool | None:
+    if g.tree is None or p.tree is None:
+        if "too_large" in (g.failure, p.failure):
+            return False
+        return None
+    scale = Fraction(1)
+    if p.unit in MULTIPLIERS and g.unit not in MULTIPLIERS:
+        scale = MULTIPLIERS[p.unit]
+    elif g.unit in MULTIPLIERS and p.unit not in MULTIPLIERS:
+        scale = 1 / MULTIPLIERS[g.unit]
+    elif g.unit and p.unit:
+        factor = conversion_factor(p.unit, g.unit)
+        if factor is False:
+            return False
+        scale = factor or Fraction(1)
+    if contains(g.tree, "inf") or contains(p.tree, "inf"):
+        return g.tree == p.tree
+    for candidate, candidate_scale in _readings(p, scale, ctx):
+        result = _values_equal(g, candidate, candidate_scale, ctx)
+        if result:
+            return True
+    return False
+
+
+def _readings(p: Scalar, scale: Fraction, ctx: _Context):
+    """The response as written, and as re-read when only one side has a % or degree sign."""
+    yield p, scale
+    if ctx.pred_percent and not ctx.gold_percent:
+        yield p, scale / 100
+    if ctx.gold_percent and not ctx.pred_percent:
+        yield p, scale * 100
+
+
+def _values_equal(g: Scalar, p: Scalar, scale: Fraction, ctx: _Context) -> bool:
+    gv = exact_value(g.tree)
+    pv = exact_value(p.tree)
+    if gv is not None and pv is not None:
+        return _rationals_equal(gv, pv * scale, g, p, ctx)
+    symbols = free_symbols(g.tree) | free_symbols(p.tree)
+    if not symbols:
+        try:
+            a = numeric_value(g.tree)
+            b = numeric_value(p.tree) * float(scale)
+        except EvalError:
+            return g.tree == p.tree
+        if ctx.gold_degrees and contains(p.tree, "pi") and not contains(g.tree, "pi"):
+            b = b * 180 / math.pi
+        if ctx.pred_degrees and contains(g.tree, "pi") and not contains(p.tree, "pi"):
+            b = b * math.pi / 180
+        # Irrational values never get the rounding tolerance: `4.5` is not `2\sqrt{5}` (4.47…).
+        return close(a, b)
+    if _same_function(g.tree, p.tree, float(scale)):
+        return True
+    # `C e^{-2t}` against `c e^{-2t}`: names that differ only in case are retried case-folded.
+    g_symbols, p_symbols = free_symbols(g.tree), free_symbols(p.tree)
+    if g_symbols != p_symbols and {n.lower() for n in g_symbols} == {n.lower() for n in p_symbols}:
+        return _same_function(fold_symbol_case(g.tree), fold_symbol_case(p.tree), float(scale))
+    return False
+
+
+def _rounded(g: Scalar, p: Scalar, ctx: _Context) -> bool:
+    """Whether ``g`` is a rounded decimal that rational ``p`` may match within half a unit of its
+    last digit: the gold was written with a point or exponent, and the response carries more
+    precision (more digits, or an exact fraction against a gold of at least two significant
+    digits, so ``0.33`` accepts ``\\frac{1}{3}`` but ``0.3`` does not)."""
+    if not (ctx.tolerant and g.decimal and g.last_digit is not None):
+        return False
+    if p.last_digit is not None:
+        return p.last_digit < g.last_digit
+    return g.significant_digits >= 2
+
+
+def _rationals_equal(gv: Fraction, pv: Fraction, g: Scalar, p: Scalar, ctx: _Context) -> bool:
+    if gv == pv:
+        return True
+    if _rounded(g, p, ctx):
+        # Half a unit of the gold's last digit (what rounding allows), or a relative error of
+        # 10^-digits (so 4.5e33 accepts 4.46e33 and 4.54e33, not 4.4e33).
+        half_unit = Fraction(1, 2) * Fraction(10) ** g.last_digit
+        relative = abs(gv) / Fraction(10) ** max(g.significant_digits, 1)
+        return abs(pv - gv) <= max(half_unit, relative)
+    return False
+
+
+def _same_function(a_tree: tuple, b_tree: tuple, scale: float) -> bool:
+    """Equal at every sample point where both have a value (at least two such points)."""
+    agreed = 0
+    for point in range(_SAMPLE_POINTS):
+        try:
+            a = numeric_value(a_tree, point)
+            b = numeric_value(b_tree, point) * scale
+        except EvalError:
+            continue
+        if not close(a, b, rel=1e-8):
+            return False
+        agreed += 1
+    return agreed >= 2 or (agreed == 1 and a_tree == b_tree)

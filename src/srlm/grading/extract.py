@@ -1,0 +1,279 @@
+"""Find the final answer in a model response (or in a reference solution).
+
+Rules, strongest first; the method name of the rule that fired is reported with the answer:
+
+* ``unclosed_think``: the response opens ``<think>`` and never closes it, so it has no answer.
+* ``answer_tag``: the content of the last ``<answer>…</answer>`` (the paper's format). The content is
+  itself searched for a box, a ``####`` line or, in prose, an "answer is" phrase or a number, since
+  models put ``\\boxed{}`` or sentences in it.
+* ``boxed``: the content of the last *closed* ``\\boxed{…}`` / ``\\fbox{…}`` (nested braces allowed).
+  A later box is a self-correction and wins; boxes are never merged.
+* ``final_answer``: "the final answer is …" / "answer: …", when it comes after every box.
+* ``gsm8k``: the text after the last ``#### `` marker, when it comes after every box.
+* ``last_number``: the last number in the text (or the short ``$…$`` formula holding it). A weak
+  guess, reported as such.
+
+A closed ``<think>…</think>`` block is skipped: only the text after the last ``</think>`` counts.
+Everything here is linear in the length of the response: no regex with nested quantifiers runs on the
+raw response, so a 1 MB response is scanned in milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Method names, also shown by `srlm grade` and used by evaluation reports.
+ANSWER_TAG = "answer_tag"
+BOXED = "boxed"
+FINAL_ANSWER = "final_answer"
+GSM8K = "gsm8k"
+LAST_NUMBER = "last_number"
+UNCLOSED_THINK = "unclosed_think"
+NONE = "none"
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+# Longer answers are almost certainly not an answer but a runaway generation; cut to keep later
+# stages bounded.
+MAX_ANSWER_CHARS = 2000
+
+# "The final answer is $x$", "final answer: x", "the answer is x", "**Answer:** x".
+# Only bounded, non-nested quantifiers: safe on any input.
+_PHRASE = re.compile(
+    r"(?:final\s{1,3}answer|\banswer)\**\s{0,3}(?:is\b|:|=)\**\s{0,3}:?\**",
+    re.IGNORECASE,
+)
+_GSM8K_MARK = "####"
+# A number as written in prose: optional sign, digits with optional thousands commas, decimals,
+# or a simple fraction a/b. The pieces are bounded by what follows, so matching stays linear.
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_WORD = re.compile(r"[A-Za-z]{2,}")
+_BRACE = re.compile(r"[{}]")
+_MATH_START = re.compile(r"[-+$\\(\[\d.]")
+_INLINE_MATH = re.compile(r"\$([^$]{1,200})\$|\\\((.{1,200}?)\\\)")
+_SENTENCE_END = re.compile(r"\.(?:\s|$)")
+_LATEX_WORDS = re.compile(r"\\[A-Za-z]+|\\text\{[^{}]*\}")
+_BARE_BOX_TOKEN = re.compile(r"[^\s$,;]+")
+# Markdown headings ("#### Step 2") also start with ####; a GSM8K answer starts like a number.
+_GSM8K_ANSWER_START = re.compile(r"\s*[-+$\\\d.]")
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """The extracted answer text (``None`` when there is none) and the rule that found it."""
+
+    answer: str | None
+    method: str
+
+
+def sanitize(text: object) -> str:
+    """Return ``text`` as a str that can always be encoded (lone surrogates become U+FFFD)."""
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (from broken byte decoding) become U+FFFD, like any invalid text.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def strip_think(text: str) -> str | None:
+    """Drop a closed ``<think>…</think>`` block; ``None`` if a ``<think>`` is never closed."""
+    close = text.rfind("</think>")
+    if text.rfind("<think>") > close:
+        return None
+    if close >= 0:
+        return text[close + len("</think>"):]
+    return text
+
+
+def matching_braces(text: str, start: int = 0) -> dict[int, int]:
+    """Map the index of every ``{`` in ``text[start:]`` that is closed to the index of its ``}``.
+
+    One pass with a stack, so finding every box is linear even in 100 KB of nested braces.
+    Escaped braces (``\\{``) are ignored.
+    """
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE.finditer(text, start):
+        i = m.start()
+        if i and text[i - 1] == "\\":
+            continue
+        if m.group() == "{":
+            stack.append(i)
+        elif stack:
+            pairs[stack.pop()] = i
+    return pairs
+
+
+def last_boxed(text: str) -> tuple[str, int] | None:
+    """Content and end index of the last closed ``\\boxed{…}``/``\\fbox{…}``, or ``None``.
+
+    ``\\boxed 5`` (no braces) yields the next token. An unclosed last box (a truncated response)
+    falls back to the previous closed one.
+    """
+    starts: list[tuple[int, int]] = []  # (position after the command name, command start)
+    for cmd in _BOX_COMMANDS:
+        i = text.find(cmd)
+        while i != -1:
+            starts.append((i + len(cmd), i))
+            i = text.find(cmd, i + 1)
+    if not starts:
+        return None
+    starts.sort()
+    pairs: dict[int, int] | None = None
+    for after, _ in reversed(starts):
+        j = after
+        while j < len(text) and text[j] in " \t":
+            j += 1
+        if j < len(text) and text[j] == "{":
+            if pairs is None:
+                pairs = matching_braces(text, starts[0][0])
+            end = pairs.get(j)
+            if end is not None:
+                return text[j + 1:end], end + 1
+            continue
+        if j > after and j < len(text):
+            # `\boxed 5`: the box holds one token.
+            m = _BARE_BOX_TOKEN.match(text, j)
+            if m:
+                return m.group(0), m.end()
+    return None
+
+
+def _after_phrase(text: str) -> tuple[str, int, bool] | None:
+    """The answer after the last "answer is" phrase, the phrase's position, and whether the phrase
+    is a strong one ("final answer") stating a short answer."""
+    last = None
+    for m in _PHRASE.finditer(text):
+        last = m
+    if last is None:
+        return None
+    rest = text[last.end():last.end() + MAX_ANSWER_CHARS].lstrip()
+    answer = _first_math_or_sentence(rest)
+    if not answer:
+        return None
+    strong = last.group().lower().startswith("final") and (
+        _MATH_START.match(rest) is not None or len(_WORD.findall(answer)) <= 1)
+    if _looks_like_prose(answer, min_words=2):
+        # "the answer is therefore 18 because …": the first math or number in the sentence.
+        math = _INLINE_MATH.search(answer) or _NUMBER.search(answer)
+        if math is not None:
+            answer = (math.group(1) or math.group(2)) if math.re is _INLINE_MATH else math.group()
+    return answer, last.start(), strong
+
+
+def _first_math_or_sentence(rest: str) -> str:
+    """The ``$…$``/``\\(…\\)``/``\\[…\\]`` span that starts ``rest``, or its first sentence."""
+    rest = rest.lstrip("*").lstrip()
+    for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if rest.startswith(open_):
+            end = rest.find(close, len(open_))
+            if end > 0:
+                return rest[len(open_):end].strip()
+    line = rest.split("\n", 1)[0]
+    # A sentence ends at a period followed by a space (never inside a decimal like 4.5).
+    stop = _SENTENCE_END.search(line)
+    if stop:
+        line = line[:stop.start()]
+    return line.replace("**", "").strip().rstrip(".").strip()
+
+
+def _after_gsm8k_mark(text: str) -> tuple[str, int] | None:
+    i = text.rfind(_GSM8K_MARK)
+    if i < 0 or not _GSM8K_ANSWER_START.match(text, i + len(_GSM8K_MARK)):
+        return None
+    answer = text[i + len(_GSM8K_MARK):].lstrip().split("\n", 1)[0].strip()
+    return (answer, i) if answer else None
+
+
+def last_number(text: str) -> str | None:
+    """The last number in ``text``; if it sits inside a short ``$…$`` formula, that formula
+    (so "the probability is $\\frac{1}{2}$" gives ``\\frac{1}{2}``, not ``2``)."""
+    last = None
+    for m in _NUMBER.finditer(text):
+        last = m
+    if last is None:
+        return None
+    open_ = text.rfind("$", max(0, last.start() - 200), last.start())
+    close = text.find("$", last.end(), last.end() + 200)
+    if open_ >= 0 and close >= 0 and text.count("$", 0, open_) % 2 == 0:
+        formula = text[open_ + 1:close].strip()
+        if formula and "$" not in formula:
+            return formula
+    return last.group(0).rstrip(",")
+
+
+def _from_span(text: str) -> Extraction:
+    """Apply box, phrase, GSM8K marker and last-number rules to ``text``."""
+    box = last_boxed(text)
+    phrase = _after_phrase(text)
+    mark = _after_gsm8k_mark(text)
+    box_end = box[1] if box else -1
+    # After the last box, only a "final answer is …" or a `#### n` line restates the answer;
+    # "the answer is correct" after a box is commentary.
+    later = []
+    if phrase and phrase[1] >= box_end and (box is None or phrase[2]):
+        later.append((phrase[0], phrase[1], FINAL_ANSWER))
+    if mark and mark[1] >= box_end:
+        later.append((mark[0], mark[1], GSM8K))
+    if later:
+        answer, _, method = max(later, key=lambda c: c[1])
+        inner = last_boxed(answer)
+        return Extraction(_clip(inner[0] if inner else answer), method)
+    if box:
+        return Extraction(_clip(box[0]), BOXED)
+    number = last_number(text)
+    if number is not None:
+        return Extraction(number, LAST_NUMBER)
+    return Extraction(None, NONE)
+
+
+def _answer_tag_content(text: str) -> str | None:
+    """Content of the last ``<answer>`` block; an unclosed last block runs to the end."""
+    open_ = text.rfind("<answer>")
+    if open_ < 0:
+        return None
+    start = open_ + len("<answer>")
+    close = text.find("</answer>", start)
+    return text[start:] if close < 0 else text[start:close]
+
+
+def _looks_like_prose(text: str, min_words: int = 3) -> bool:
+    """Several plain words outside LaTeX commands: a sentence rather than a bare answer."""
+    plain = _LATEX_WORDS.sub(" ", text[:MAX_ANSWER_CHARS])
+    return len(_WORD.findall(plain)) >= min_words
+
+
+def _clip(answer: str) -> str:
+    return answer.strip()[:MAX_ANSWER_CHARS]
+
+
+def extract_answer(response: str) -> Extraction:
+    """The final answer of ``response`` and the name of the rule that found it (see module doc)."""
+    text = sanitize(response)
+    body = strip_think(text)
+    if body is None:
+        return Extraction(None, UNCLOSED_THINK)
+    content = _answer_tag_content(body)
+    if content is not None:
+        inner = content.strip()
+        if not inner:
+            return Extraction(None, ANSWER_TAG)
+        box = last_boxed(inner)
+        if box:
+            return Extraction(_clip(box[0]), ANSWER_TAG)
+        mark = _after_gsm8k_mark(inner)
+        if mark:
+            return Extraction(_clip(mark[0]), ANSWER_TAG)
+        if _looks_like_prose(inner):
+            if _MATH_START.match(inner):
+                # "\\frac{1}{2} of the pie. It is …": the value and its words up to the first stop;
+                # trailing words are dropped later as units or labels.
+                return Extraction(_clip(_first_math_or_sentence(inner)), ANSWER_TAG)
+            found = _from_span(inner)
+            if found.answer is not None:
+                return Extraction(found.answer, ANSWER_TAG)
+        return Extraction(_clip(inner), ANSWER_TAG)
+    return _from_span(body)

@@ -1,0 +1,174 @@
+"""The slow tier: sympy (through latex2sympy2_extended) in a worker process with a hard time limit.
+
+Only answers that the in-process parser cannot read come here, so most gradings never touch it.
+sympy can run for minutes or exhaust memory on a hostile input (``simplify`` of a tower of powers),
+and a thread cannot be stopped, so the work runs in a separate process started with the "spawn"
+method (safe with threads and CUDA in the parent). A request that outlives its time limit gets the
+worker killed; the next request starts a fresh one. Any thread may call ``symbolic_equal``: a lock
+serialises requests, and nothing here relies on signals. The worker is killed at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import re
+import threading
+
+DEFAULT_TIMEOUT = 1.0
+# Starting Python and importing sympy takes seconds on a busy machine; it is not the answer's fault,
+# so it has its own, longer limit.
+STARTUP_TIMEOUT = 60.0
+MAX_CHARS = 300
+# Inputs that make sympy build enormous numbers: stacked exponents and very long digit strings.
+_HOSTILE = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\d+\s*\^|\d{40}|!\s*!")
+
+
+class _Worker:
+    """One worker process at a time, replaced after a timeout or a crash."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process = None
+        self._conn = None
+        self._ready = False
+
+    def _launch(self) -> None:
+        """Start a worker without waiting for it: its start-up overlaps whatever the caller does next."""
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=_serve, args=(child,), daemon=True, name="srlm-grading-sympy")
+        process.start()
+        child.close()
+        self._process, self._conn, self._ready = process, parent, False
+
+    def _wait_ready(self) -> bool:
+        try:
+            if self._conn.poll(STARTUP_TIMEOUT) and self._conn.recv() == "ready":
+                self._ready = True
+                return True
+        except (EOFError, OSError):
+            pass
+        self._stop()
+        return False
+
+    def request(self, gold: str, pred: str, timeout: float) -> bool | None:
+        if not self._lock.acquire(timeout=STARTUP_TIMEOUT + timeout):
+            return None
+        try:
+            if self._process is None or not self._process.is_alive():
+                self._stop()
+                self._launch()
+            if not self._ready and not self._wait_ready():
+                return None
+            try:
+                self._conn.send((gold, pred))
+                if self._conn.poll(timeout):
+                    return self._conn.recv()
+            except (EOFError, OSError):
+                pass
+            # Too slow, or the worker died: kill it and start a fresh one for the next request.
+            self._stop()
+            self._launch()
+            return None
+        finally:
+            self._lock.release()
+
+    def _stop(self) -> None:
+        if self._process is not None:
+            _kill(self._process)
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+        self._process, self._conn, self._ready = None, None, False
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+
+def _kill(process) -> None:
+    if process.is_alive():
+        process.kill()
+    process.join(timeout=5)
+
+
+_WORKER = _Worker()
+atexit.register(_WORKER.close)
+
+
+def symbolic_equal(gold: str, pred: str, timeout: float = DEFAULT_TIMEOUT) -> bool | None:
+    """Whether sympy proves the two LaTeX answers equal; ``None`` if it cannot tell in time."""
+    if len(gold) > MAX_CHARS or len(pred) > MAX_CHARS or _HOSTILE.search(gold) or _HOSTILE.search(pred):
+        return None
+    result = _WORKER.request(gold, pred, timeout)
+    return result if isinstance(result, bool) else None
+
+
+def shutdown_worker() -> None:
+    """Stop the worker process now (it is also stopped at exit)."""
+    _WORKER.close()
+
+
+def worker_pid() -> int | None:
+    """Process id of the running worker, if any (for tests)."""
+    return _WORKER.pid
+
+
+# --- inside the worker process -------------------------------------------------------------------
+
+
+def _serve(conn) -> None:
+    import sympy  # noqa: F401  (imported once, before "ready", so requests are fast)
+    from latex2sympy2_extended import latex2sympy
+
+    conn.send("ready")
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        gold, pred = message
+        try:
+            result = _same(latex2sympy(gold), latex2sympy(pred))
+        except Exception:  # any failure to parse or compare means "cannot tell"
+            result = None
+        try:
+            conn.send(result)
+        except (OSError, BrokenPipeError):
+            return
+
+
+def _same(a, b) -> bool:
+    import sympy
+
+    if a == b:
+        return True
+    if isinstance(a, sympy.Eq) and isinstance(b, sympy.Eq):
+        return _same(a.lhs - a.rhs, b.lhs - b.rhs) or _same(a.lhs - a.rhs, b.rhs - b.lhs) \
+            or (a.lhs == b.lhs and _same(a.rhs, b.rhs))
+    if isinstance(a, sympy.Eq) and not isinstance(b, sympy.Eq) and isinstance(a.lhs, sympy.Symbol):
+        return _same(a.rhs, b)
+    if isinstance(b, sympy.Eq) and not isinstance(a, sympy.Eq) and isinstance(b.lhs, sympy.Symbol):
+        return _same(a, b.rhs)
+    sequences = (tuple, list, sympy.Tuple)
+    if isinstance(a, sequences) and isinstance(b, sequences):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, sympy.FiniteSet) and isinstance(b, sympy.FiniteSet):
+        return len(a) == len(b) and all(any(_same(x, y) for y in b) for x in a)
+    if isinstance(a, sympy.MatrixBase) and isinstance(b, sympy.MatrixBase):
+        return a.shape == b.shape and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr):
+        if sympy.simplify(a - b) == 0:
+            return True
+        equal = a.equals(b)
+        return bool(equal)
+    return False

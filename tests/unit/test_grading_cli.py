@@ -1,0 +1,57 @@
+"""`srlm grade FILE.jsonl`."""
+
+import json
+
+import pytest
+
+from srlm.cli import main
+
+
+def _write(tmp_path, lines):
+    path = tmp_path / "cases.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_grade_writes_one_verdict_per_line(tmp_path, capsys):
+    path = _write(tmp_path, [
+        json.dumps({"response": "\\boxed{5}", "gold": "5"}),
+        json.dumps({"response": "#### 7", "gold": 8}),
+        "",
+        json.dumps({"response": "no idea", "gold": "3"}),
+    ])
+    assert main(["grade", str(path)]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["correct"] for r in rows] == [True, False, False]
+    assert [r["method"] for r in rows] == ["boxed", "gsm8k", "none"]
+    assert rows[2]["extracted"] is None
+    assert "n=3" in err and "accuracy=0.3333" in err and "extraction_failures=1" in err
+
+
+def test_grade_custom_fields(tmp_path, capsys):
+    path = _write(tmp_path, [json.dumps({"text": "<think>a</think><answer>2</answer>", "answer": "2"})])
+    assert main(["grade", str(path), "--response-field", "text", "--gold-field", "answer",
+                 "--benchmark", "gsm8k"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row == {"correct": True, "extracted": "2", "method": "answer_tag", "format_ok": True}
+
+
+@pytest.mark.parametrize("lines,message", [
+    (['{"response": "x", "gold": "1"}', "{bad"], ":2: not valid JSON"),
+    (['{"response": "x"}'], ":1: missing field 'gold'"),
+    (['[1, 2]'], ":1: expected a JSON object"),
+    (['{"response": {"a": 1}, "gold": "1"}'], "field 'response' must be a string"),
+])
+def test_grade_reports_bad_lines(tmp_path, capsys, lines, message):
+    path = _write(tmp_path, lines)
+    assert main(["grade", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert message in err and str(path) in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_grade_missing_file(tmp_path, capsys):
+    assert main(["grade", str(tmp_path / "nope.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""Hostile responses: each is graded within 2 s, gets a verdict, and leaves the grader healthy."""
+
+import time
+
+import pytest
+
+from srlm.grading import grade
+
+HOSTILE = {
+    "power tower": "\\boxed{10^{10^{10}}}",
+    "power tower, bare": "10^{10^{10}}",
+    "huge literal exponent": "\\boxed{1e999999999}",
+    "100 KB of nested braces": "{" * 50_000 + "}" * 50_000,
+    "nested braces in a box": "\\boxed{" + "{" * 50_000 + "}" * 50_000 + "}",
+    "unclosed nested braces": "\\boxed{" + "{" * 100_000,
+    "1 MB response": "x" * 1_000_000,
+    "1 MB of numbers": "1234 " * 200_000,
+    "1 MB of open boxes": "\\boxed{" * 140_000,
+    "1 MB of answer phrases": "the answer is " * 70_000,
+    "1 MB of markers": "#### " * 200_000,
+    "many think tags": "<think>" * 100_000,
+    "lone surrogate": "\ud800",
+    "surrogate in a box": "\ud800 \\boxed{\ud800}",
+    "only an open box": "\\boxed{",
+    "huge factorial": "\\boxed{1000000!}",
+    "huge binomial": "\\boxed{\\binom{100000000}{50000000}}",
+    "stacked powers": "\\boxed{2^{2^{2^{2^{2^{2}}}}}}",
+    "deep parentheses": "\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}",
+    "deep fractions": "\\boxed{" + "\\frac{1}{" * 3000 + "2" + "}" * 3000 + "}",
+    "long sum": "\\boxed{" + "+".join(["x"] * 3000) + "}",
+    "many minus signs": "\\boxed{" + "-" * 5000 + "1}",
+    "5000-digit number": "\\boxed{" + "9" * 5000 + "}",
+    "factorial of a googol": "\\boxed{(10^{100})!}",
+}
+
+
+@pytest.mark.parametrize("gold", ["42", "10^{10^{10}}", "\\frac{1}{2}"])
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_response_is_graded_quickly(name, gold):
+    start = time.perf_counter()
+    result = grade(HOSTILE[name], gold)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 2.0, f"{name}: {elapsed:.2f}s"
+    assert isinstance(result.correct, bool)
+    assert result.extracted is None or isinstance(result.extracted, str)
+    result.extracted is None or result.extracted.encode("utf-8")  # always encodable
+
+
+@pytest.mark.parametrize("name", ["100 KB of nested braces", "1 MB response", "lone surrogate", "power tower"])
+def test_hostile_gold_is_graded_quickly(name):
+    start = time.perf_counter()
+    result = grade("\\boxed{42}", HOSTILE[name])
+    assert time.perf_counter() - start < 2.0
+    assert result.correct is False
+
+
+def test_grader_is_healthy_after_hostile_inputs():
+    for response in HOSTILE.values():
+        grade(response, "42")
+    assert grade("\\boxed{\\frac{1}{2}}", "0.5").correct
+    assert not grade("\\boxed{\\frac{1}{2}}", "2").correct
+    assert grade("\\boxed{10^{10^{10}}}", "10^{10^{10}}").correct
