@@ -126,6 +126,24 @@ class KDConfig(SFTConfig):
     data: DatasetRef = Field(default_factory=lambda: DatasetRef(name="camel_gsm8k", split="train"))
 
 
+class LogitKDConfig(SFTConfig):
+    """Logit-level distillation from a teacher sharing the student's tokenizer (stage kind `distill`)."""
+
+    teacher: str | None = Field(None, description="Teacher model folder or hub id (required); same tokenizer.")
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl", description="forward_kl KL(teacher||student), reverse_kl KL(student||teacher), or jsd."
+    )
+    beta: float = Field(0.5, gt=0, lt=1, description="Generalised JSD mixture weight of the teacher (jsd only).")
+    temperature: float = Field(1.0, gt=0, description="Softening of both distributions (loss scaled by T^2).")
+    ce_weight: float = Field(0.0, ge=0, le=1, description="Loss = (1-w) * divergence + w * cross-entropy on tokens.")
+    on_policy: float = Field(
+        0.0, ge=0, le=1, description="Fraction of steps on student-sampled completions (GKD's lambda); 0 = dataset."
+    )
+    sample_temperature: float = Field(1.0, ge=0, description="Sampling temperature of on-policy completions.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest on-policy completion.")
+    packing: bool = Field(False, description="Pack examples into rows of max_length instead of padding.")
+
+
 class CollapseGuardConfig(Strict):
     """When to stop an RL stage as collapsed (the paper's ‡) instead of training on garbage."""
 
@@ -169,6 +187,10 @@ class GRPOConfig(OptimConfig):
     temperature: float = Field(1.0, ge=0, description="Sampling temperature of rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of rollouts.")
     max_new_tokens: int = Field(512, ge=1, description="Longest completion.")
+    min_new_tokens: int = Field(0, ge=0, description="Shortest completion (stops are ignored before it).")
+    stop: list[str] = Field(
+        default_factory=lambda: ["</answer>"], description="Strings that end a completion (kept in it)."
+    )
     mask_truncated: bool = Field(False, description="Give truncated completions no gradient.")
     dynamic_sampling: bool = Field(False, description="Drop zero-variance groups and refill the batch.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -197,6 +219,7 @@ STAGE_CONFIGS: dict[str, type[OptimConfig]] = {
     "pretrain": PretrainConfig,
     "sft": SFTConfig,
     "kd": KDConfig,
+    "distill": LogitKDConfig,
     "grpo": GRPOConfig,
 }
 

@@ -37,9 +37,6 @@ from srlm.train.loop import (
 from srlm.train.losses import AGGREGATIONS, group_advantages, grpo_loss, token_entropy, token_logprobs
 from srlm.train.sft import load_stage_records
 
-ANSWER_STOP = "</answer>"
-
-
 class Collapsed(Exception):
     """Raised inside the loop when the collapse guard fires; carries the reason."""
 
@@ -110,9 +107,9 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
     prompt_ids = [tok.encode(render_prompt(tok, cfg.prompt, p["prompt"]), add_special_tokens=False)
                   for p in problems]
     engine = HFEngine(model, tok, batch_size=max(cfg.micro_batch_size, cfg.group_size))
-    sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                              n=cfg.group_size, stop_token_ids=tuple(stop_token_ids(tok)),
-                              stop_strings=(ANSWER_STOP,))
+    sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
+                              temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.group_size,
+                              stop_token_ids=tuple(stop_token_ids(tok)), stop_strings=tuple(cfg.stop))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     opt = make_optimizer(model, cfg)
@@ -132,7 +129,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
     t_stage, tokens = time.perf_counter(), 0
     try:
         for step in range(start, cfg.steps):
-            timer = Timer()
+            timer, t_step = Timer(), time.perf_counter()
             # ---- rollout: G completions per question of this process's share of the step
             with timer.phase("generate"):
                 batch_idx, completions, cursor, n_dropped = _rollout(
@@ -151,6 +148,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
                 seqs = [(prompt_ids[i], c) for i, group in zip(batch_idx, completions) for c in group]
                 stats = grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id, d, use_bf16)
             tokens += sum(len(p) + len(c.token_ids) for p, c in seqs)
+            timer.seconds["step"] = time.perf_counter() - t_step
             last = {"step": step + 1,
                     **_rollout_metrics(per_reward, rewards, grades, completions, cfg.group_size, d),
                     "dropped_groups": n_dropped, **stats, "lr": sched.get_last_lr()[0],

@@ -1,0 +1,83 @@
+"""GRPO step time on the workload of ../shared/bench/README.md, to compare with TRL's GRPOTrainer.
+
+Workload: the bench's tiny model (make_tiny.py), 4 chat-formatted `What is a + b?` prompts per step,
+8 completions each, exactly 64 new tokens, temperature 1, beta 0.04 (reference model on), epsilon 0.2,
+one update per generation batch, lr 1e-5, reward len(set(text)) / 10.
+
+    python benchmarks/grpo_step.py [--model DIR] [--steps 8]
+
+Prints one JSON object: median seconds per step over the steps after the first, and its split into
+generate / score / train. Not a test: timings depend on the machine and what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
+
+
+def ensure_model(path: str | None) -> Path:
+    if path:
+        return Path(path)
+    out = Path(tempfile.gettempdir()) / "srlm-bench-tiny-qwen"
+    if not (out / "config.json").exists():
+        subprocess.run([sys.executable, str(BENCH / "make_tiny.py"), str(out)], check=True)
+    return out
+
+
+def write_prompts(folder: Path, n: int = 256) -> Path:
+    rng = random.Random(0)
+    path = folder / "add.jsonl"
+    with open(path, "w") as f:
+        for _ in range(n):
+            a, b = rng.randint(1, 99), rng.randint(1, 99)
+            f.write(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n")
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="model folder (default: build ../shared/bench/make_tiny.py's model)")
+    ap.add_argument("--steps", type=int, default=8)
+    args = ap.parse_args()
+
+    import torch
+
+    from srlm.config import DatasetRef, GRPOConfig
+    from srlm.data.sources import register_custom
+    from srlm.grading.rewards import REWARDS
+    from srlm.train.grpo import run_grpo
+    from srlm.train.loop import read_metrics
+
+    model = ensure_model(args.model)
+    work = Path(tempfile.mkdtemp(prefix="srlm-grpo-bench-"))
+    register_custom("bench_add", write_prompts(work), question_field="question", answer_field="answer")
+    REWARDS["variety"] = lambda text, gold: len(set(text)) / 10.0  # the bench's reward
+    cfg = GRPOConfig(
+        data=DatasetRef(name="bench_add"), prompt="bare", steps=args.steps, prompts_per_step=4, group_size=8,
+        max_new_tokens=64, min_new_tokens=64, stop=[], temperature=1.0, top_p=1.0, beta=0.04, epsilon=0.2,
+        lr=1e-5, rewards=["variety"], micro_batch_size=32, collapse={"enabled": False},
+    )
+    run_grpo(cfg, model, work / "out", torch.device("cpu"), progress=False)
+    m = read_metrics(work / "out" / "metrics.jsonl")[1:]
+    med = lambda k: statistics.median(x[k] for x in m)  # noqa: E731
+    print(json.dumps({
+        "workload": "grpo 4x8, 64 new tokens, beta 0.04, tiny model",
+        "model": str(model), "steps": args.steps, "threads": torch.get_num_threads(),
+        "median_step_s": round(med("seconds/step"), 4),
+        "generate_s": round(med("seconds/generate"), 4), "score_s": round(med("seconds/score"), 4),
+        "train_s": round(med("seconds/train"), 4),
+        "completion_len_mean": m[-1]["completion_len_mean"],
+    }))
+
+
+if __name__ == "__main__":
+    main()
