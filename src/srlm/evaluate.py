@@ -1,22 +1,31 @@
 """Evaluation: benchmarks x sampling settings -> per-sample records + a summary per benchmark.
 
-Every (problem, sample) becomes one line of `OUT/<benchmark>/samples.jsonl`, appended as soon as its batch
-is done; a re-run reads what is there and generates only what is missing, so an interrupted evaluation
-loses at most the batch in flight. `OUT/summary.json` holds accuracy (mean pass@1) with its standard
-error, pass@k, format and extraction rates, tokens, time and the full settings.
+Every (problem, sample) becomes one line of `OUT/<benchmark>/samples.jsonl`, appended (and fsynced) as
+soon as all samples of its problem are done; a re-run reads what is there and generates only what is
+missing, so an interrupted evaluation loses at most the sequences in flight. Each problem samples from its
+own seed (from the run's seed and its index in the benchmark), so a resumed run reproduces the uninterrupted
+one. `OUT/eval_settings.json` records the model, engine and protocol: a re-run with different ones is
+refused instead of mixing samples (`overwrite=True` starts afresh). `OUT/summary.json` holds accuracy (mean
+pass@1) with its standard error, pass@k, format and extraction rates, tokens, time and the full settings.
+
+Under `torchrun` / `accelerate launch` (WORLD_SIZE > 1) rank r takes problems i % world == r and appends
+to `samples.rank{r}.jsonl`; after a barrier rank 0 merges the shards into `samples.jsonl`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from srlm import __version__
 from srlm.data.prompts import render_prompt, stop_token_ids
 from srlm.data.sources import load_records
-from srlm.engines.base import SamplingParams
+from srlm.engines.base import Completion, SamplingParams, prompt_seeds
+from srlm.errors import UserError
 from srlm.grading import grade
 from srlm.stats import accuracy_summary
 from srlm.train.loop import atomic_write_json
@@ -24,6 +33,23 @@ from srlm.train.loop import atomic_write_json
 # Below this extraction rate a benchmark's accuracy is not a measurement of reasoning but of format: the
 # report marks it with the paper's dagger instead of printing a bare number.
 MIN_EXTRACTION_RATE = 0.1
+SETTINGS_FILE = "eval_settings.json"
+SAMPLES_FILE = "samples.jsonl"
+# EvalConfig fields that decide what is sampled; `batch_size` only decides how fast, so it may change
+# between an interrupted run and its resumption.
+PROTOCOL_FIELDS = ("prompt", "n", "temperature", "top_p", "max_new_tokens", "seed")
+# Problems go to the engine this many batches at a time: enough for continuous batching to keep its
+# batch full, few enough that the finished completions an engine returns stay small in memory.
+CHUNK_BATCHES = 8
+
+
+def grader_version() -> str | None:
+    import srlm.grading
+
+    return getattr(srlm.grading, "GRADER_VERSION", None)
+
+
+# ------------------------------------------------------------------------------------------ sample files
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -40,8 +66,8 @@ def read_samples(path: Path) -> list[dict]:
 
 
 def _append_lines(path: Path, records: list[dict]) -> None:
-    """Append whole lines and fsync: after a crash the file ends at a batch boundary (or mid-line, which
-    `read_samples` drops)."""
+    """Append whole lines in one write and fsync: after a crash the file ends at a problem boundary (or
+    mid-line, which `read_samples` drops and `_truncate_to_complete_lines` cuts)."""
     with open(path, "a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         f.flush()
@@ -58,47 +84,203 @@ def _truncate_to_complete_lines(path: Path) -> None:
             f.truncate(cut)
 
 
+def shard_files(bench_dir: Path) -> list[Path]:
+    return sorted(bench_dir.glob("samples.rank*.jsonl"))
+
+
+def all_samples(bench_dir: Path) -> list[dict]:
+    """Samples of the merged file and of any rank shard, first occurrence of each (id, sample) kept.
+
+    Shards are read before the merged file: a merge writes the merged file before deleting the shards, so
+    in this order a concurrent merge can never hide a sample."""
+    shards = [s for p in shard_files(bench_dir) for s in read_samples(p)]
+    seen, out = set(), []
+    for s in read_samples(bench_dir / SAMPLES_FILE) + shards:
+        key = (s["id"], s["sample"])
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
+
+
+def merge_shards(bench_dir: Path, records: list[dict]) -> list[dict]:
+    """Fold every `samples.rank*.jsonl` into `samples.jsonl` (ordered by problem, then sample; samples of
+    problems outside `records` kept after them), atomically, then delete the shards."""
+    shards = shard_files(bench_dir)
+    samples = all_samples(bench_dir)
+    if not shards:
+        return samples
+    order = {r["id"]: i for i, r in enumerate(records)}
+    samples.sort(key=lambda s: (order.get(s["id"], len(order)), s["sample"]))
+    tmp = bench_dir / f".{SAMPLES_FILE}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, bench_dir / SAMPLES_FILE)
+    for p in shards:
+        p.unlink(missing_ok=True)
+    return samples
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment; (0, 1) for a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def barrier() -> None:
+    """Wait for every rank. Uses the launcher's process group, or creates a gloo one (CPU, no GPU needed)
+    with a long timeout: ranks can finish their shards hours apart."""
+    if world()[1] <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(days=2))
+    dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+def settings_stamp(cfg, model_name: str, engine_name: str) -> dict:
+    """What must be equal for samples to be mixed: model, engine and the sampling protocol."""
+    return {"model": model_name, "engine": engine_name,
+            "protocol": {k: getattr(cfg, k) for k in PROTOCOL_FIELDS}, "benchmarks": {}}
+
+
+def _benchmark_stamp(ref) -> dict:
+    return {"split": ref.split, "options": ref.options}
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} there, {b!r} now")
+    return out
+
+
+def _read_settings(out_dir: Path) -> dict | None:
+    path = Path(out_dir) / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def settings_conflicts(out_dir: Path, stamp: dict, benchmarks: list) -> list[str]:
+    """How `stamp` differs from the settings of the evaluation already in `out_dir` (empty: none there,
+    or the same). Cheap, so the command checks it before loading a model."""
+    old = _read_settings(out_dir)
+    if old is None:
+        return []
+    keys = ("model", "engine", "protocol")
+    problems = _diff({k: old.get(k) for k in keys}, {k: stamp[k] for k in keys})
+    for ref in benchmarks:
+        if ref.name in old.get("benchmarks", {}):
+            problems += _diff(old["benchmarks"][ref.name], _benchmark_stamp(ref), f"{ref.name}.")
+    return problems
+
+
+def check_settings(out_dir: Path, stamp: dict, benchmarks: list, overwrite: bool) -> None:
+    """Refuse to mix samples of another model/engine/protocol into `out_dir`; with `overwrite`, discard
+    every evaluation in it first. Records the settings for the next run."""
+    rank, _ = world()
+    old = _read_settings(out_dir)
+    if overwrite:
+        old = None
+        if rank == 0:
+            for p in [*out_dir.glob("*/samples*.jsonl"), out_dir / "summary.json", out_dir / SETTINGS_FILE]:
+                p.unlink(missing_ok=True)
+    else:
+        problems = settings_conflicts(out_dir, stamp, benchmarks)
+        if problems:
+            raise UserError(f"{out_dir} holds an evaluation with other settings ({'; '.join(problems)}); "
+                            f"use another output folder, or --overwrite to discard it")
+    merged = {**stamp, "benchmarks": {**((old or {}).get("benchmarks", {})),
+                                      **{ref.name: _benchmark_stamp(ref) for ref in benchmarks}}}
+    if rank == 0:
+        atomic_write_json(out_dir / SETTINGS_FILE, merged)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def _warn(message: str) -> None:
+    print(f"srlm: warning: {message}", file=sys.stderr, flush=True)
+
+
+def response_budget(cfg, engine, prompt_lengths: list[int], name: str) -> int:
+    """`cfg.max_new_tokens`, capped so the longest prompt plus its response fits the model's context
+    (with a warning). Computed over the whole benchmark, so a resumed run gets the same budget."""
+    ctx = getattr(engine, "max_context", None)
+    if ctx is None or not prompt_lengths:
+        return cfg.max_new_tokens
+    room = ctx - max(prompt_lengths)
+    if room < 1:
+        raise UserError(f"{name}: the longest prompt has {max(prompt_lengths)} tokens, more than the model's "
+                        f"context of {ctx}")
+    if room < cfg.max_new_tokens:
+        _warn(f"{name}: max_new_tokens {cfg.max_new_tokens} does not fit the model's context of {ctx} tokens "
+              f"after the longest prompt ({max(prompt_lengths)} tokens); using {room}")
+        return room
+    return cfg.max_new_tokens
+
+
+def _record(r: dict, j: int, prompt: str, c: Completion, benchmark: str) -> dict:
+    g = grade(c.text, r["answer"], benchmark=benchmark)
+    return {"id": r["id"], "sample": j, "prompt": prompt, "response": c.text, "extracted": g.extracted,
+            "method": g.method, "gold": r["answer"], "correct": g.correct, "format_ok": g.format_ok,
+            "tokens": c.tokens_generated, "finish_reason": c.finish_reason}
+
+
 def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: bool = True) -> dict:
     """Evaluate one benchmark (a DatasetRef) with `engine`; returns its summary."""
+    rank, size = world()
     records = load_records(ref.name, split=ref.split, path=ref.path, limit=ref.limit, **ref.options)
     bench_dir = Path(out_dir) / ref.name
     bench_dir.mkdir(parents=True, exist_ok=True)
-    samples_path = bench_dir / "samples.jsonl"
-    _truncate_to_complete_lines(samples_path)
-    done = {(s["id"], s["sample"]) for s in read_samples(samples_path)}
-    prompts = {r["id"]: render_prompt(tokenizer, cfg.prompt, r["question"]) for r in records}
-    max_new = cfg.max_new_tokens
-    limit = getattr(getattr(engine, "model", None), "config", None)
-    ctx = getattr(limit, "max_position_embeddings", None)
-    todo = [r for r in records if any((r["id"], j) not in done for j in range(cfg.n))]
+    out_path = bench_dir / (SAMPLES_FILE if size == 1 else f"samples.rank{rank}.jsonl")
+    _truncate_to_complete_lines(out_path)
+    done = {(s["id"], s["sample"]) for s in all_samples(bench_dir)}
+    prompts = [render_prompt(tokenizer, cfg.prompt, r["question"]) for r in records]
+    ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    sampling = SamplingParams(max_new_tokens=response_budget(cfg, engine, [len(x) for x in ids], ref.name),
+                              temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.n,
+                              stop_token_ids=tuple(stop_token_ids(tokenizer)))
+    todo = [i for i, r in enumerate(records) if i % size == rank
+            and any((r["id"], j) not in done for j in range(cfg.n))]
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc=f"eval {ref.name}", unit="problem", disable=not progress, leave=False)
-    chunk = max(1, cfg.batch_size // cfg.n)
+
+    seeds = prompt_seeds(cfg.seed, len(records))  # problem i's seed, whichever process or run draws it
+    chunk = max(1, CHUNK_BATCHES * cfg.batch_size // cfg.n)
     for start in range(0, len(todo), chunk):
-        batch = todo[start:start + chunk]
-        ids = [tokenizer.encode(prompts[r["id"]], add_special_tokens=False) for r in batch]
-        room = max_new if ctx is None else max(1, min(max_new, ctx - max(len(x) for x in ids)))
-        sampling = SamplingParams(max_new_tokens=room, temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.n,
-                                  stop_token_ids=tuple(stop_token_ids(tokenizer)),
-                                  seed=cfg.seed * 1_000_003 + start)
-        outs = engine.generate(ids, sampling)
-        lines = []
-        for r, group in zip(batch, outs):
-            for j, c in enumerate(group):
-                if (r["id"], j) in done:
-                    continue
-                g = grade(c.text, r["answer"], benchmark=ref.name)
-                lines.append({"id": r["id"], "sample": j, "prompt": prompts[r["id"]], "response": c.text,
-                              "extracted": g.extracted, "method": g.method, "gold": r["answer"],
-                              "correct": g.correct, "format_ok": g.format_ok, "tokens": len(c.token_ids),
-                              "finish_reason": c.finish_reason})
-        _append_lines(samples_path, lines)
-        bar.update(len(batch))
+        part = todo[start:start + chunk]
+
+        def write(k: int, group: list[Completion], part=part) -> None:  # problem part[k] is complete
+            r = records[part[k]]
+            _append_lines(out_path, [_record(r, j, prompts[part[k]], c, ref.name) for j, c in enumerate(group)
+                                     if (r["id"], j) not in done])
+            bar.update(1)
+
+        engine.generate([ids[i] for i in part], sampling, seeds=[seeds[i] for i in part], on_complete=write)
     bar.close()
     wall = time.perf_counter() - t0
-    return summarize(ref.name, records, read_samples(samples_path), cfg, wall)
+    barrier()  # every shard is written
+    if rank == 0:  # also folds in the shards of an earlier, interrupted multi-process run
+        merge_shards(bench_dir, records)
+    barrier()  # the merged file is in place
+    summary = summarize(ref.name, records, all_samples(bench_dir), cfg, wall)
+    summary["dataset"] = {"split": ref.split, "path": ref.path, "limit": ref.limit, "options": ref.options}
+    summary["max_new_tokens"] = sampling.max_new_tokens  # after the context cap
+    return summary
 
 
 def summarize(name: str, records: list[dict], samples: list[dict], cfg, wall_seconds: float) -> dict:
@@ -114,6 +296,8 @@ def summarize(name: str, records: list[dict], samples: list[dict], cfg, wall_sec
     return {
         "benchmark": name,
         **acc,
+        "n_records": len(records),
+        "complete": all(len(group) == cfg.n for group in ordered),
         "format_rate": sum(s["format_ok"] for s in flat) / n,
         "extraction_rate": extraction_rate,
         "extraction_failure_rate": 1.0 - extraction_rate,
@@ -125,16 +309,29 @@ def summarize(name: str, records: list[dict], samples: list[dict], cfg, wall_sec
     }
 
 
-def evaluate(engine, tokenizer, cfg, out_dir: Path, model_name: str, progress: bool = True) -> dict:
-    """Every benchmark of `cfg.benchmarks`; writes and returns `out_dir/summary.json`'s content."""
+def evaluate(engine, tokenizer, cfg, out_dir: Path, model_name: str, progress: bool = True,
+             overwrite: bool = False, engine_name: str | None = None) -> dict:
+    """Every benchmark of `cfg.benchmarks`; writes and returns `out_dir/summary.json`'s content.
+
+    `summary.json` keeps the entries of benchmarks evaluated earlier into the same folder (same settings,
+    which `check_settings` guarantees) next to this call's."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rank, size = world()
+    engine_name = engine_name or getattr(engine, "name", type(engine).__name__)
+    check_settings(out_dir, settings_stamp(cfg, model_name, engine_name), cfg.benchmarks, overwrite)
+    barrier()  # settings checked (and an overwrite done) on every rank before any sample is written
+    t0 = time.perf_counter()
     results = {}
     for ref in cfg.benchmarks:
         results[ref.name] = evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir, progress)
-    from srlm.grading import GRADER_VERSION
-
-    summary = {"model": model_name, "settings": cfg.model_dump(), "srlm_version": __version__,
-               "grader_version": GRADER_VERSION, "benchmarks": results}
-    atomic_write_json(out_dir / "summary.json", summary)
+    previous = {}
+    summary_path = out_dir / "summary.json"
+    if summary_path.exists():
+        previous = json.loads(summary_path.read_text()).get("benchmarks", {})
+    summary = {"model": model_name, "engine": engine_name, "settings": cfg.model_dump(),
+               "srlm_version": __version__, "grader_version": grader_version(), "world_size": size,
+               "wall_seconds": time.perf_counter() - t0, "benchmarks": {**previous, **results}}
+    if rank == 0:
+        atomic_write_json(summary_path, summary)
     return summary

@@ -1,17 +1,25 @@
 """Generation with a transformers model: batched KV-cache decoding on CPU or GPU.
 
 It decodes the model object it is given (the training policy itself in GRPO: no copy, no weight sync).
-Prompts are sorted by length and batched so padding is small; rows that finish are dropped from the
-batch and from the KV cache, so a batch costs as much as its live sequences, not its longest one.
+Sequences are sorted by prompt length (longest first) so padding is small. Decoding is continuous: rows
+that finish are dropped from the batch and from the KV cache (a few at a time, one cache copy for all),
+and once enough slots are free, waiting sequences are prefilled and merged into the running batch (the
+two caches are left-padded to one width). So a batch costs about as much as its live sequences, and one
+long response no longer holds a batch of finished ones hostage, which is where a plain `model.generate`
+loop loses most of its time. Each sequence samples from its own seeded random stream, so its tokens do
+not depend on which other sequences shared its batch (resumed evaluations reproduce uninterrupted ones).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
-from srlm.engines.base import Completion, SamplingParams
+from srlm.engines.base import Completion, SamplingParams, prompt_seeds
 
 
 @dataclass
@@ -19,52 +27,146 @@ class _Row:
     """One sequence being decoded: where its output goes and what it has produced so far."""
 
     slot: tuple[int, int]  # (prompt index, sample index)
-    tokens: list[int]
+    seed: str  # of this sequence's own random stream: its samples do not depend on its batch-mates
+    rng: random.Random | None = None  # made when the row enters a batch (the state is 2.5 kB per row)
+    tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    done: bool = False  # finished; it may still occupy a batch slot until the next compaction
+
+
+@dataclass
+class _Stops:
+    """The stopping rule of one `generate` call, encoded once: single-token stops are compared by id
+    (vectorised), only multi-token stop strings need the decoded tail of a row."""
+
+    ids: torch.Tensor  # [S] long
+    strings: list[str]
+    tail_tokens: int  # how many trailing tokens to decode to see any stop string
+
+
+@dataclass
+class _Batch:
+    """The live rows: their KV cache, attention mask, next position and the logits of their next token."""
+
+    cache: object  # transformers DynamicCache
+    mask: torch.Tensor  # [B, W] 1 for real tokens, 0 for left padding
+    next_pos: torch.Tensor  # [B, 1] position id of each row's next token
+    rows: list[_Row]
+    logits: torch.Tensor | None  # [B, V] pending: the next token of every row is sampled from these
+
+
+def _layers(cache) -> list:
+    return list(getattr(cache, "layers", []))
+
+
+def _mergeable(cache) -> bool:
+    """Caches we know how to left-pad and concatenate: transformers' plain (non-sliding) dynamic layers."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = _layers(cache)
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers)
+
+
+def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """`x` left-padded with zeros along `dim` to `width`."""
+    missing = width - x.shape[dim]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+def _merge(a: _Batch, b: _Batch) -> _Batch:
+    """One batch holding the rows of `a` then `b`; the narrower one is left-padded (masked) to the wider."""
+    width = max(a.mask.shape[1], b.mask.shape[1])
+    for la, lb in zip(_layers(a.cache), _layers(b.cache)):  # keys/values: [B, H, W, D]
+        la.keys = torch.cat([_left_pad(la.keys, width, 2), _left_pad(lb.keys, width, 2)], dim=0)
+        la.values = torch.cat([_left_pad(la.values, width, 2), _left_pad(lb.values, width, 2)], dim=0)
+    return _Batch(a.cache, torch.cat([_left_pad(a.mask, width, 1), _left_pad(b.mask, width, 1)]),
+                  torch.cat([a.next_pos, b.next_pos]), a.rows + b.rows, torch.cat([a.logits, b.logits]))
+
+
+def _compact(batch: _Batch) -> None:
+    """Drop finished rows from the batch and the cache (in place), and leading columns that no remaining
+    row attends to. One copy of the cache, so it is done for several finished rows at once."""
+    keep = [b for b, row in enumerate(batch.rows) if not row.done]
+    idx = torch.tensor(keep, device=batch.mask.device)
+    batch.cache.batch_select_indices(idx)
+    batch.mask, batch.next_pos = batch.mask[idx], batch.next_pos[idx]
+    batch.rows = [batch.rows[b] for b in keep]
+    if batch.logits is not None:
+        batch.logits = batch.logits[idx]
+    first = int(batch.mask.any(dim=0).int().argmax())
+    if first > 0 and _mergeable(batch.cache):
+        for layer in _layers(batch.cache):
+            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        batch.mask = batch.mask[:, first:]
 
 
 class HFEngine:
-    """`generate` for a `transformers` causal LM (or a peft wrapper of one)."""
+    """`generate` for a `transformers` causal LM (or a peft wrapper of one).
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, progress: bool = False):
+    `refill` is the fraction of `batch_size` that must be free before waiting sequences join the running
+    batch: joining costs a prefill call and a copy of the cache, so it is worth doing for several at once.
+    """
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, batch_size: int = 64, progress: bool = False, refill: float = 0.25):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
+        self.refill = refill
+        self._keep_arg = True  # the model's forward accepts `logits_to_keep`
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[list[Completion]]:
+    @property
+    def max_context(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams, seeds: Sequence[int] | None = None,
+                 on_complete: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+        """`sampling.n` completions per prompt. Sample j of prompt i draws its random numbers from its own
+        stream, seeded by (`seeds[i]`, j) (default: `prompt_seeds(sampling.seed)`), so what it samples does not
+        depend on batch size or on which other prompts share the call: an evaluation resumed with fewer
+        prompts reproduces the uninterrupted one. `on_complete(i, completions)` is called as soon as all
+        samples of prompt i are done (evaluation appends them to disk right away)."""
+        if seeds is None:
+            seeds = prompt_seeds(sampling.seed if sampling.seed is not None else random.randrange(2**62),
+                                 len(prompts))
         jobs = [(i, j) for i in range(len(prompts)) for j in range(sampling.n)]
-        # Longest first: the slowest batches start early, and equal lengths share a batch (less padding).
+        # Longest first: the slowest sequences start early, and equal lengths share a prefill (less padding).
         jobs.sort(key=lambda ij: -len(prompts[ij[0]]))
+        rows = [_Row((i, j), f"{seeds[i]}/{j}") for i, j in jobs]
         out: list[list[Completion | None]] = [[None] * sampling.n for _ in prompts]
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(sampling.seed if sampling.seed is not None else torch.seed() % (2**63))
-        stop_single = self._single_token_stops(sampling)
+        remaining = [sampling.n] * len(prompts)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(jobs), desc="generate", unit="seq", leave=False)
+
+        def finish(row: _Row) -> None:
+            i, j = row.slot
+            out[i][j] = Completion(token_ids=row.tokens,
+                                   text=self.tokenizer.decode(row.tokens, skip_special_tokens=True),
+                                   finish_reason=row.finish_reason or "length")
+            remaining[i] -= 1
+            if bar:
+                bar.update(1)
+            if remaining[i] == 0 and on_complete:
+                on_complete(i, out[i])  # type: ignore[arg-type]
+
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(jobs), self.batch_size):
-                batch = jobs[start:start + self.batch_size]
-                rows = self._decode_batch([prompts[i] for i, _ in batch], batch, sampling, stop_single, gen)
-                for row in rows:
-                    i, j = row.slot
-                    out[i][j] = Completion(
-                        token_ids=row.tokens,
-                        text=self.tokenizer.decode(row.tokens, skip_special_tokens=True),
-                        finish_reason=row.finish_reason or "length",
-                    )
-                if bar:
-                    bar.update(len(batch))
+            self._decode(prompts, deque(rows), sampling, self._stops(sampling), finish)
         finally:
             if was_training:
                 self.model.train()
@@ -72,83 +174,127 @@ class HFEngine:
                 bar.close()
         return out  # type: ignore[return-value]
 
-    def _single_token_stops(self, sampling: SamplingParams) -> set[int]:
+    def _stops(self, sampling: SamplingParams) -> _Stops:
         """Stop token ids, plus stop strings that the tokenizer encodes as one token (checked by id)."""
-        return set(sampling.stop_token_ids) | self._stop_string_ids(sampling)
+        ids, strings, longest = set(sampling.stop_token_ids), [], 1
+        for s in sampling.stop_strings:
+            enc = self.tokenizer.encode(s, add_special_tokens=False)
+            if len(enc) == 1:
+                ids.add(enc[0])
+            else:
+                strings.append(s)
+                longest = max(longest, len(enc), len(s))  # a token holds at least one character
+        return _Stops(torch.tensor(sorted(ids), dtype=torch.long, device=self.device), strings, longest + 1)
 
-    @torch.inference_mode()
-    def _decode_batch(self, prompts, slots, sampling: SamplingParams, stop_ids: set[int], gen) -> list[_Row]:
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        """Logits of the last position [B, V]. Only that position goes through the output layer: a prefill
+        of 64 prompts x 500 tokens x a 151k vocabulary would otherwise materialise 19 GB of logits."""
+        kwargs = {"logits_to_keep": 1} if self._keep_arg else {}
+        try:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                             use_cache=True, **kwargs)
+        except TypeError as e:  # remote-code models without the argument
+            if "logits_to_keep" not in str(e):
+                raise
+            self._keep_arg = False
+            return self._forward(ids, mask, positions, cache)
+        return out.logits[:, -1, :]
+
+    def _prefill(self, prompts: list[list[int]], rows: list[_Row]) -> _Batch:
         from transformers import DynamicCache
 
         device = self.device
         width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)  # [B, W]
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)  # [B, W]
         for r, p in enumerate(prompts):  # left padding: every row's next token is at the same column
             ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[r, width - len(p):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, W]
         cache = DynamicCache()
-        rows = [_Row(slot, []) for slot in slots]
-        live = list(range(len(rows)))  # row index of each batch position
-        multi_token_stops = [s for s in sampling.stop_strings
-                             if len(self.tokenizer.encode(s, add_special_tokens=False)) != 1]
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True).logits[:, -1, :]  # [B, V]
-        next_pos = positions[:, -1:] + 1  # [B, 1]
-        for step in range(sampling.max_new_tokens):
-            if step < sampling.min_new_tokens and stop_ids:
-                logits[:, list(stop_ids)] = float("-inf")
-            tok = sample_next(logits.float(), sampling.temperature, sampling.top_p, gen)  # [B]
-            keep: list[int] = []
-            tok_list = tok.tolist()
-            for b, t in enumerate(tok_list):
-                row = rows[live[b]]
-                row.tokens.append(t)
-                if t in stop_ids:  # kept in token_ids (training needs it); special ones leave the text
+        logits = self._forward(ids, mask, positions, cache)
+        return _Batch(cache, mask, positions[:, -1:] + 1, rows, logits)
+
+    @torch.inference_mode()
+    def _decode(self, prompts, queue: deque, sampling: SamplingParams, stops: _Stops, finish) -> None:
+        """Decode every row of `queue`, calling `finish(row)` as each one ends.
+
+        A finished row keeps its slot (its next input is padding, its output ignored) until enough rows
+        have finished to make a compaction worth one copy of the cache: dropping rows one at a time would
+        copy the whole cache at almost every step. Compaction frees slots for waiting rows.
+        """
+        batch: _Batch | None = None
+        refill_at = max(1, int(self.batch_size * self.refill))
+        pad = torch.tensor(self.pad_id, device=self.device)
+        while queue or batch is not None:
+            if batch is not None:
+                n_done = sum(r.done for r in batch.rows)
+                if n_done and (n_done >= refill_at or 2 * n_done >= len(batch.rows)):
+                    _compact(batch)
+            free = self.batch_size - (len(batch.rows) if batch else 0)
+            if queue and (batch is None or (free >= min(refill_at, len(queue)) and _mergeable(batch.cache))):
+                new = [queue.popleft() for _ in range(min(free, len(queue)))]
+                for row in new:
+                    row.rng = random.Random(row.seed)
+                fresh = self._prefill([prompts[r.slot[0]] for r in new], new)
+                batch = fresh if batch is None else _merge(batch, fresh)
+            logits = batch.logits  # [B, V]
+            if sampling.min_new_tokens and stops.ids.numel():
+                young = torch.tensor([len(r.tokens) < sampling.min_new_tokens for r in batch.rows],
+                                     device=logits.device)  # [B]
+                if bool(young.any()):
+                    logits[young.nonzero()[:, 0:1], stops.ids[None, :]] = float("-inf")
+            uniforms = None
+            if sampling.temperature > 0:  # finished rows draw nothing: their streams stay untouched
+                uniforms = torch.tensor([0.0 if r.done else r.rng.random() for r in batch.rows],
+                                        dtype=torch.float64)  # [B]
+            tok = sample_next(logits.float(), sampling.temperature, sampling.top_p, uniforms)  # [B]
+            tok_list, is_stop = torch.stack([tok, torch.isin(tok, stops.ids).long()]).tolist()  # one sync
+            live = 0
+            for row, t, stop in zip(batch.rows, tok_list, is_stop):
+                if row.done:
+                    continue
+                row.tokens.append(t)  # a stop token stays in token_ids (training needs it)
+                if stop or (stops.strings and self._hit_stop_string(row.tokens, stops)):
                     row.finish_reason = "stop"
-                elif multi_token_stops and self._hit_stop_string(row.tokens, multi_token_stops):
-                    row.finish_reason = "stop"
-                else:
-                    keep.append(b)
-            if not keep or step == sampling.max_new_tokens - 1:
-                break
-            if len(keep) < len(live):  # drop finished rows from the batch and the cache
-                idx = torch.tensor(keep, device=device)
-                cache.batch_select_indices(idx)
-                tok, mask, next_pos = tok[idx], mask[idx], next_pos[idx]
-                live = [live[b] for b in keep]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            logits = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
-                                past_key_values=cache, use_cache=True).logits[:, -1, :]
-            next_pos = next_pos + 1
-        return rows
+                elif len(row.tokens) < sampling.max_new_tokens:
+                    live += 1
+                    continue
+                row.done, row.rng = True, None
+                finish(row)
+            if not live:
+                batch = None
+                continue
+            done = torch.tensor([r.done for r in batch.rows], device=tok.device)  # [B]
+            tok = torch.where(done, pad, tok)  # [B] finished rows are fed padding
+            batch.mask = torch.cat([batch.mask, (~done).long()[:, None]], dim=1)  # [B, W + 1]
+            batch.logits = self._forward(tok[:, None], batch.mask, batch.next_pos, batch.cache)
+            batch.next_pos = batch.next_pos + 1
 
-    def _stop_string_ids(self, sampling: SamplingParams) -> set[int]:
-        out = set()
-        for s in sampling.stop_strings:
-            enc = self.tokenizer.encode(s, add_special_tokens=False)
-            if len(enc) == 1:
-                out.add(enc[0])
-        return out
-
-    def _hit_stop_string(self, tokens: list[int], stops: list[str]) -> bool:
-        tail = self.tokenizer.decode(tokens[-16:], skip_special_tokens=False)
-        return any(s in tail for s in stops)
+    def _hit_stop_string(self, tokens: list[int], stops: _Stops) -> bool:
+        tail = self.tokenizer.decode(tokens[-stops.tail_tokens:], skip_special_tokens=False)
+        return any(s in tail for s in stops.strings)
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
-    """One token per row from `logits` [B, V]: greedy at temperature 0, else tempered nucleus sampling."""
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
+                uniforms: torch.Tensor | None) -> torch.Tensor:
+    """One token per row from `logits` [B, V]: greedy at temperature 0, else tempered nucleus sampling.
+
+    Sampling is by inverse CDF from one uniform number per row (`uniforms` [B], in [0, 1)), drawn by the
+    caller from each row's own stream: the draw is then independent of the other rows and of the device,
+    and a tiny change in the probabilities (another batch shape) almost never changes the token.
+    """
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)  # [B, V]
+    order = None
     if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        cum = sorted_p.cumsum(dim=-1)
+        probs, order = probs.sort(dim=-1, descending=True)  # [B, V]
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        cut = (cum - sorted_p) >= top_p
-        sorted_p = sorted_p.masked_fill(cut, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    # Sample on the CPU generator so results are reproducible across devices.
-    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+        probs = probs.masked_fill((probs.cumsum(dim=-1) - probs) >= top_p, 0.0)
+    cdf = probs.double().cumsum(dim=-1)  # [B, V]
+    target = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]  # [B, 1]
+    # the first index whose cumulative mass exceeds the target; zero-probability tokens are never it
+    pick = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1)  # [B, 1]
+    return (pick if order is None else order.gather(-1, pick)).squeeze(-1)

@@ -1,0 +1,139 @@
+"""`srlm eval --model M --benchmarks a,b,...`: evaluate a model on math benchmarks, resumably.
+
+Defaults are the paper's protocol (temperature 0.6, top-p 0.95, 32,768 new tokens, capped by the model's
+context); `--temperature 0` is greedy. Writes OUT/<benchmark>/samples.jsonl and OUT/summary.json, prints a
+table. Re-running the same command resumes; other settings into the same OUT are refused (--overwrite).
+Under `torchrun --nproc_per_node K srlm eval ...` the problems are sharded over the K processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+
+PAPER_BENCHMARKS = "olympiadbench,math500,minerva_math,amc23,gsm8k"
+
+
+def register(sub) -> None:
+    from srlm.config import EvalConfig
+    from srlm.data.prompts import PROMPTS
+    from srlm.engines import ENGINES, EngineOptions
+
+    d, e = EvalConfig(), EngineOptions(model="")
+    p = sub.add_parser("eval", help="evaluate a model on math benchmarks (samples.jsonl + summary.json)",
+                       description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model folder or hub id (for --engine openai: the served "
+                                                  "model's name)")
+    p.add_argument("--benchmarks", default=PAPER_BENCHMARKS,
+                   help=f"comma-separated dataset names (default {PAPER_BENCHMARKS}; see `srlm data list`)")
+    p.add_argument("--data-path", help="local data folder laid out as DIR/NAME/test.jsonl (default: the hub)")
+    p.add_argument("--split", help="split of every benchmark (default: each dataset's default, test)")
+    p.add_argument("--limit", type=int, help="only the first K problems of each benchmark")
+    p.add_argument("--n", type=int, default=d.n, help=f"samples per problem; pass@k for k <= n (default {d.n})")
+    p.add_argument("--temperature", type=float, default=d.temperature,
+                   help=f"sampling temperature, 0 = greedy (default {d.temperature})")
+    p.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling (default {d.top_p})")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                   help=f"longest response, capped by the model's context (default {d.max_new_tokens})")
+    p.add_argument("--prompt", default=d.prompt, choices=sorted(PROMPTS), help=f"prompt template (default {d.prompt})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"sampling seed (default {d.seed})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"sequences decoded together by the hf engine (default {d.batch_size})")
+    p.add_argument("--out", help="output folder (default evals/<model name>)")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing evaluation in --out")
+    p.add_argument("--engine", default="hf", choices=list(ENGINES),
+                   help="hf: transformers (CPU/GPU); vllm: GPU, needs srlm[vllm]; openai: a running "
+                        "OpenAI-compatible completions server (default hf)")
+    p.add_argument("--device", default=e.device, choices=["auto", "cpu", "cuda"], help="hf engine device")
+    p.add_argument("--dtype", default=e.dtype, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--tokenizer", help="tokenizer folder or hub id when it is not --model's (openai engine)")
+    p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", e.base_url),
+                   help=f"openai engine: server URL (env OPENAI_BASE_URL; default {e.base_url})")
+    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                   help="openai engine: bearer token (env OPENAI_API_KEY)")
+    p.add_argument("--concurrency", type=int, default=e.concurrency,
+                   help=f"openai engine: requests in flight (default {e.concurrency})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def default_out(model: str) -> Path:
+    """evals/<last path part, or org__name for a hub id>."""
+    p = Path(model)
+    name = p.name if p.exists() else model.replace("/", "__")
+    return Path("evals") / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "model")
+
+
+def build_config(args):
+    """The EvalConfig the flags describe (validation errors become one-line UserErrors)."""
+    from pydantic import ValidationError
+
+    from srlm.config import DatasetRef, EvalConfig
+    from srlm.data.sources import get_spec
+    from srlm.errors import UserError
+
+    names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    if not names:
+        raise UserError("--benchmarks is empty")
+    if len(set(names)) != len(names):
+        raise UserError(f"--benchmarks names a dataset twice: {args.benchmarks}")
+    for name in names:
+        get_spec(name)  # an unknown name fails now, not after the model has loaded
+    try:
+        return EvalConfig(
+            benchmarks=[DatasetRef(name=n, split=args.split, path=args.data_path, limit=args.limit) for n in names],
+            prompt=args.prompt, n=args.n, temperature=args.temperature, top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = str(first["loc"][-1]) if first["loc"] else "arguments"
+        raise UserError(f"--{field.replace('_', '-')}: {first['msg']}") from None
+
+
+def _pct(x: float) -> str:
+    return "nan" if x != x else f"{100 * x:.1f}"
+
+
+def summary_table(summary: dict) -> str:
+    """Benchmark, problems, accuracy ± se, pass@k, format and extraction-failure rates, as aligned text."""
+    rows = [["benchmark", "problems", "accuracy (%)", "pass@k (%)", "format (%)", "no answer (%)"]]
+    for name, s in summary["benchmarks"].items():
+        acc = f"{_pct(s['accuracy'])} ± {_pct(s['accuracy_se'])}"
+        if s.get("no_answer"):
+            acc = f"† ({acc})"
+        passk = " ".join(f"@{k} {_pct(v['value'])}" for k, v in s["pass_at_k"].items() if k != "1") or "-"
+        rows.append([name, str(s["n_problems"]), acc, passk, _pct(s["format_rate"]),
+                     _pct(s["extraction_failure_rate"])])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if any(s.get("no_answer") for s in summary["benchmarks"].values()):
+        lines.append("† almost no answer could be extracted: the accuracy measures the format, not reasoning")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from srlm.engines import EngineOptions, build_engine
+    from srlm.errors import UserError
+    from srlm.evaluate import evaluate, settings_conflicts, settings_stamp, world
+
+    cfg = build_config(args)
+    out = Path(args.out) if args.out else default_out(args.model)
+    if not args.overwrite:  # the same check evaluate() makes, before spending time on loading the model
+        problems = settings_conflicts(out, settings_stamp(cfg, args.model, args.engine), cfg.benchmarks)
+        if problems:
+            raise UserError(f"{out} holds an evaluation with other settings ({'; '.join(problems)}); "
+                            f"use another --out, or --overwrite to discard it")
+    engine, tokenizer = build_engine(args.engine, EngineOptions(
+        model=args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
+        batch_size=args.batch_size, seed=args.seed, base_url=args.base_url, api_key=args.api_key,
+        concurrency=args.concurrency))
+    summary = evaluate(engine, tokenizer, cfg, out, model_name=args.model, progress=not args.no_progress,
+                       overwrite=args.overwrite, engine_name=args.engine)
+    if world()[0] == 0:
+        print(summary_table({**summary, "benchmarks": {r.name: summary["benchmarks"][r.name]
+                                                       for r in cfg.benchmarks}}))
+        print(f"wrote {out / 'summary.json'} and {out}/<benchmark>/samples.jsonl")
+    return 0
