@@ -17,9 +17,12 @@ from srlm.errors import UserError
 VERB_MODULES = [
     "srlm.commands.demo",
     "srlm.commands.data",
+    "srlm.commands.distill",
     "srlm.commands.grade",
+    "srlm.commands.eval",
     "srlm.commands.run",
     "srlm.commands.tiny_model",
+    "srlm.commands.report",
 ]
 
 

@@ -111,6 +111,9 @@ class SFTConfig(OptimConfig):
 
     data: DatasetRef = Field(default_factory=lambda: DatasetRef(name="gsm8k", split="train"))
     prompt: str = Field("tags", description="Prompt template name (see `srlm.data.prompts.PROMPTS`).")
+    completion: Literal["tags", "solution"] = Field(
+        "tags", description="Target text: the paper's <think>/<answer> format, or the solution as written."
+    )
     epochs: float = Field(3.0, gt=0, description="Passes over the data (ignored when `steps` is set).")
     steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides `epochs`.")
     batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
@@ -121,9 +124,20 @@ class SFTConfig(OptimConfig):
 
 
 class KDConfig(SFTConfig):
-    """Sequence-level distillation: SFT on teacher traces. Defaults to the CAMEL GSM8K distilled set."""
+    """Sequence-level distillation (the paper's KD): SFT on teacher traces.
+
+    Without `teacher`, the dataset's own traces are used (default: CAMEL's GSM8K-distilled R1 traces).
+    With `teacher`, that model first writes `teacher_samples` traces per problem of `data`, the grader keeps
+    the correct ones (rejection sampling), and the student is fine-tuned on those.
+    """
 
     data: DatasetRef = Field(default_factory=lambda: DatasetRef(name="camel_gsm8k", split="train"))
+    teacher: str | None = Field(
+        None, description="Model folder, hub id, or name of a pipeline of this run whose final model teaches."
+    )
+    teacher_samples: int = Field(4, ge=1, description="Traces sampled per problem from the teacher.")
+    teacher_temperature: float = Field(0.7, ge=0, description="Sampling temperature of the teacher.")
+    teacher_max_new_tokens: int = Field(1024, ge=1, description="Longest teacher trace.")
 
 
 class LogitKDConfig(SFTConfig):

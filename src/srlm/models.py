@@ -77,11 +77,12 @@ def _check_exists(name_or_path: str | Path) -> None:
         raise UserError(f"model path not found: {name_or_path} (not a folder, and not a hub id like 'org/name')")
 
 
-def save_model(model, tokenizer, out_dir: str | Path) -> Path:
+def save_model(model, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> Path:
     """Write a complete, loadable model folder atomically (temp folder, then rename).
 
     A peft model is saved twice: its adapter in `adapter/` (what LoRA trained) and the merged full model
     at the top (what the next stage and evaluation load), so nothing downstream needs to know about LoRA.
+    `state_dict` replaces the model's own (FSDP: the full weights gathered from the shards).
     """
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
@@ -93,7 +94,7 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
         merged = merged_copy(model)
         merged.save_pretrained(tmp)
     else:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     if out.exists():
         old = out.with_name(out.name + ".old")

@@ -35,9 +35,10 @@ from srlm.train.loop import atomic_write_json, atomic_write_text
 def _stage_runners():
     """kind -> stage function(cfg, model_dir, out_dir, device, progress) -> summary dict."""
     from srlm.train.grpo import run_grpo
-    from srlm.train.sft import run_pretrain, run_sft
+    from srlm.train.kd import run_kd
+    from srlm.train.sft import run_pretrain, run_seq_kd, run_sft
 
-    return {"pretrain": run_pretrain, "sft": run_sft, "kd": run_sft, "grpo": run_grpo}
+    return {"pretrain": run_pretrain, "sft": run_sft, "kd": run_seq_kd, "distill": run_kd, "grpo": run_grpo}
 
 
 def content_key(obj) -> str:
@@ -125,10 +126,21 @@ def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device
     return manifest
 
 
-def run_pipeline(cfg: RunConfig, name: str, run_dir: Path, device, progress: bool = True) -> PipelineResult:
+def run_pipeline(cfg: RunConfig, name: str, run_dir: Path, device, progress: bool = True,
+                 _active: tuple[str, ...] = ()) -> PipelineResult:
+    """Run pipeline `name` (stages, then evaluation), reusing every stage that is already done."""
+    if name in _active:
+        raise UserError(f"pipelines.{name}: a KD teacher refers back to it: {' -> '.join(_active + (name,))}")
     path, key = start_model(cfg, run_dir, name)
     stages = []
     for kind, scfg in pipeline_stages(cfg, name):
+        teacher = getattr(scfg, "teacher", None)
+        if teacher in cfg.pipelines:  # the teacher is another pipeline's final model: make sure it exists
+            t = run_pipeline(cfg, teacher, run_dir, device, progress, _active + (name,))
+            if t.status != "done":
+                return _finish(run_dir, name, PipelineResult(
+                    name, "failed", stages, None, None, f"teacher pipeline {teacher!r} ended {t.status}"))
+            scfg = scfg.model_copy(update={"teacher": t.final_checkpoint})
         m = run_stage(kind, scfg, path, key, run_dir, device, progress)
         stages.append({"kind": kind, "status": m["status"], "reason": m.get("reason"), "dir": m["dir"],
                        "cost": m.get("cost", {})})
@@ -186,7 +198,7 @@ def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None
     results = []
     for n in names:
         print(f"== pipeline {n}", flush=True)
-        results.append(run_pipeline(cfg, n, run_dir, device, progress))
+        results.append(run_pipeline(cfg, n, run_dir, device, progress))  # done stages are reused, not rerun
     from srlm.reporting import write_report
 
     write_report(run_dir)

@@ -16,7 +16,7 @@ MINI = [
     "sft.steps=4", "sft.batch_size=8", "sft.data.options.n=32",
     "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.group_size=4", "grpo.max_new_tokens=24",
     "grpo.data.options.n=16", "grpo.save_every=1",
-    "eval.benchmarks=[{name: synthetic, split: test, options: {n: 12}}]", "eval.max_new_tokens=24",
+    "eval.benchmarks=[{name: synthetic, split: test, options: {n: 12}}]", "eval.max_new_tokens=24", "eval.n=2",
 ]
 
 
@@ -48,7 +48,8 @@ def test_mini_demo_runs_every_stage(tmp_path, capsys):
         bench = summary["benchmarks"]["synthetic"]
         assert bench["n_problems"] == 12
         lines = (run_dir / name / "eval" / "synthetic" / "samples.jsonl").read_text().splitlines()
-        assert len(lines) == 12
+        assert len(lines) == 24  # 12 problems x 2 samples
+        assert "2" in bench["pass_at_k"]
     assert (run_dir / "config.yaml").exists()
     for png in ("rl_curves.png", "loss_curves.png", "accuracy.png"):
         assert (run_dir / "plots" / png).stat().st_size > 1000

@@ -119,6 +119,14 @@ if __name__ == "__main__":
 """
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean"])
 def test_two_process_update_equals_one_process(tiny, tmp_path, aggregation):
     script = tmp_path / "ddp_update.py"
@@ -128,7 +136,7 @@ def test_two_process_update_equals_one_process(tiny, tmp_path, aggregation):
                          capture_output=True, text=True, env=env, timeout=120)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", str(script), str(tiny), str(tmp_path / "two.pt"), aggregation],
+                          "--master_port", str(_free_port()), str(script), str(tiny), str(tmp_path / "two.pt"), aggregation],
                          capture_output=True, text=True, env=env, timeout=180)
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")

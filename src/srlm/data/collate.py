@@ -77,3 +77,55 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng) -> list[lis
         batches.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
+
+
+# ------------------------------------------------------------------------------------------------ packing
+
+
+def pack_rows(lengths: list[int], row_length: int) -> list[list[int]]:
+    """Group example indices into rows of at most `row_length` tokens (first-fit decreasing).
+
+    Examples are never split: a row holds whole examples, so every example keeps its own attention
+    block. An example longer than `row_length` gets a row of its own.
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(row_length - lengths[i])
+    return rows
+
+
+def packed_batch(examples: list[TokenizedExample], pad_id: int, row_length: int):
+    """Padding-free batch: examples concatenated into rows, `position_ids` restarting at 0 per example.
+
+    Returns `input_ids`, `position_ids`, `labels`, each [R, L] with L the fullest row's length. A model
+    given `position_ids` and no attention mask (transformers' packed-sequence path) lets each token attend
+    only within its own example. The first label of each example is IGNORE_INDEX, so the last token of one
+    example never learns to predict the first of the next. Row tails are padding: their positions restart
+    at 0 too (a segment of their own) and their labels are ignored.
+    """
+    import torch
+
+    rows = pack_rows([len(e.input_ids) for e in examples], row_length)
+    width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            e = examples[i]
+            n = len(e.input_ids)
+            ids[r, at:at + n] = torch.tensor(e.input_ids)
+            labels[r, at + 1:at + n] = torch.tensor(e.labels[1:])
+            pos[r, at:at + n] = torch.arange(n)
+            at += n
+        pos[r, at:] = torch.arange(width - at)
+    return {"input_ids": ids, "position_ids": pos, "labels": labels}

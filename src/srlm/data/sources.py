@@ -401,7 +401,7 @@ _BUILTIN: tuple[DatasetSpec, ...] = (
                 ("train",), "train", _map_camel_gsm8k,
                 HubSource("camel-ai/gsm8k_distilled", splits={"train": "train"})),
     DatasetSpec("synthetic", "generated GSM8K-style arithmetic problems (options: n, seed, min_ops, max_ops)",
-                ("train", "validation", "test"), "train", generate=_synthetic,
+                ("train", "validation", "test"), "test", generate=_synthetic,
                 options=frozenset({"n", "seed", "min_ops", "max_ops"})),
 )
 

@@ -39,37 +39,38 @@ class Step:
 
 
 def _step(rng: random.Random, name: str, item: str, current: int) -> Step:
-    """Draw one operation that keeps the running value a positive integer below 100.
+    """Draw one operation that keeps the running value a positive integer of at most 30.
 
-    Small numbers and short sentences on purpose: the demo's tiny model reads characters, so every
-    character of template text is compute not spent on the arithmetic it has to learn.
+    Small numbers (operands up to 9) and short sentences on purpose: the demo's tiny model reads
+    characters and trains for minutes on a CPU, so the arithmetic must be learnable in that budget (a few
+    hundred facts) while multi-step problems still leave room for RL to improve.
     """
     kinds = ["add", "sub", "mul", "div"]
     rng.shuffle(kinds)
     for kind in kinds:
         if kind == "add":
-            if current > 89:
+            if current > 29:
                 continue
-            k = rng.randint(1, min(20, 99 - current))
+            k = rng.randint(1, min(9, 30 - current))
             new = current + k
             q = f"{name} gets {k} more."
             s = f"{current} + {k} = {new}"
         elif kind == "sub":
             if current < 3:
                 continue
-            k = rng.randint(1, current - 1)
+            k = rng.randint(1, min(9, current - 1))
             new = current - k
             q = f"{name} gives away {k}."
             s = f"{current} - {k} = {new}"
         elif kind == "mul":
             k = rng.randint(2, 3)
             new = current * k
-            if new >= 100:
+            if new > 30:
                 continue
             q = f"{name}'s {item} become {k} times as many."
             s = f"{current} * {k} = {new}"
         else:
-            divisors = [d for d in (2, 3, 4, 5) if current % d == 0]
+            divisors = [d for d in (2, 3) if current % d == 0]
             if not divisors:
                 continue
             k = rng.choice(divisors)
@@ -84,7 +85,7 @@ def make_problem(seed: int, index: int, n_ops: int) -> dict:
     """The canonical record of problem `index` in the stream `seed`, with `n_ops` operations."""
     rng = random.Random(f"srlm-synthetic:{seed}:{index}:{n_ops}")
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    value = rng.randint(2, 40)
+    value = rng.randint(2, 20)
     q_parts = [f"{name} has {value} {item}."]
     s_parts: list[str] = []
     for _ in range(n_ops):

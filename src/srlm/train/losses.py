@@ -169,3 +169,92 @@ def grpo_loss(
             "kl": (kl * mask).sum() / n if kl is not None else torch.zeros(()),
         }
     return loss, stats
+
+
+# ------------------------------------------------------------------------------- logit-level distillation
+#
+# The KD functions work on the positions that carry loss only, flattened: logits [N, V] (N positions,
+# any leading shape works the same), so a [B, T, V] tensor is never built for prompt or padding tokens.
+# P is the teacher's next-token distribution, Q the student's, both at temperature tau.
+
+
+def selected_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per selected position. logits [N, V], targets [N] -> [N] (nats).
+
+    The SFT and KD loops select the loss positions before the LM head, so no shift or mask is needed here.
+    """
+    return F.cross_entropy(logits.float(), targets, reduction="none")  # [N]
+
+
+def _forward_kl(logp_s: torch.Tensor, logp_t: torch.Tensor, beta: float) -> torch.Tensor:
+    """KL(P || Q) = sum_v P (log P - log Q): mass-covering; its student gradient is CE on P's soft labels."""
+    return (logp_t.exp() * (logp_t - logp_s)).sum(-1)  # [N]
+
+
+def _reverse_kl(logp_s: torch.Tensor, logp_t: torch.Tensor, beta: float) -> torch.Tensor:
+    """KL(Q || P) = sum_v Q (log Q - log P): mode-seeking (MiniLLM, GKD with on-policy samples)."""
+    return (logp_s.exp() * (logp_s - logp_t)).sum(-1)  # [N]
+
+
+def _jsd(logp_s: torch.Tensor, logp_t: torch.Tensor, beta: float) -> torch.Tensor:
+    """Generalised JSD of GKD: beta KL(P || M) + (1 - beta) KL(Q || M), M = beta P + (1 - beta) Q.
+
+    beta = 0.5 is the symmetric Jensen-Shannon divergence; small beta behaves like beta * forward KL,
+    beta near 1 like (1 - beta) * reverse KL. log M is a logsumexp of the two, never log of a sum.
+    """
+    import math  # local: this section is appended to a module whose header belongs to the GRPO code
+
+    log_m = torch.logsumexp(torch.stack([logp_t + math.log(beta), logp_s + math.log(1.0 - beta)]), dim=0)
+    kl_pm = (logp_t.exp() * (logp_t - log_m)).sum(-1)  # [N]
+    kl_qm = (logp_s.exp() * (logp_s - log_m)).sum(-1)  # [N]
+    return beta * kl_pm + (1.0 - beta) * kl_qm  # [N]
+
+
+# name -> (student log-probs [N, V], teacher log-probs [N, V], beta) -> divergence per position [N]
+KD_DIVERGENCES: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
+    "forward_kl": _forward_kl,
+    "reverse_kl": _reverse_kl,
+    "jsd": _jsd,
+}
+
+
+def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, divergence: str = "forward_kl",
+                  beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
+    """Per-position divergence between teacher and student next-token distributions.
+
+    student_logits, teacher_logits [N, V] -> [N]. Both are softened by `temperature` and the result is
+    multiplied by temperature^2 (Hinton et al.), so the gradient's scale does not shrink as tau grows and
+    one learning rate fits every temperature. The teacher side carries no gradient.
+    """
+    if divergence not in KD_DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; choose one of {sorted(KD_DIVERGENCES)}")
+    if divergence == "jsd" and not 0.0 < beta < 1.0:
+        raise ValueError(f"jsd needs 0 < beta < 1, got {beta}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ: the models must share a vocabulary")
+    logp_s = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [N, V]
+    logp_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)  # [N, V]
+    return KD_DIVERGENCES[divergence](logp_s, logp_t, beta) * temperature**2  # [N]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None = None,
+            divergence: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0, ce_weight: float = 0.0,
+            normalizer: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(1 - ce_weight) * divergence + ce_weight * cross-entropy on `targets`, summed over positions and
+    divided by `normalizer` (the optimizer step's count of loss positions; default N).
+
+    student_logits, teacher_logits [N, V]; targets [N] (the sampled or reference next tokens; needed only
+    when ce_weight > 0). Returns (loss, detached stats: mean divergence and mean cross-entropy per position).
+    """
+    n = float(normalizer if normalizer is not None else max(student_logits.shape[0], 1))
+    div = kd_divergence(student_logits, teacher_logits, divergence, beta, temperature)  # [N]
+    loss = (1.0 - ce_weight) * div.sum() / n
+    stats = {"kd": div.detach().sum() / n}
+    if ce_weight > 0.0:
+        if targets is None:
+            raise ValueError("ce_weight > 0 needs targets")
+        ce = selected_cross_entropy(student_logits, targets)  # [N]
+        loss = loss + ce_weight * ce.sum() / n
+        stats["ce"] = ce.detach().sum() / n
+    return loss, stats

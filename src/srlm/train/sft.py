@@ -2,7 +2,15 @@
 
 Both build tokenised examples and hand them to `train_supervised`, the loop in view below: plan the
 micro-batches, then for each optimizer step run forward/backward over this process's share, sum
-gradients across processes, clip, step, log.
+gradients across processes, clip, step, log. Logit-level KD (`kd.py`) runs the same loop with its own
+loss and, on-policy, its own completions.
+
+What makes it fast without changing the maths:
+- batches are length-grouped (little padding), or packed (`packing`: no padding at all);
+- right padding needs no attention mask for a causal model (real tokens never look right), so attention
+  takes the plain causal kernel; packed rows pass `position_ids` instead and get per-example blocks;
+- the LM head runs only at positions that carry loss (`logits_to_keep`), never over prompt or padding;
+- one host sync per step (loss and grad norm together), fused AdamW, one flat gradient all-reduce.
 """
 
 from __future__ import annotations
@@ -11,44 +19,115 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from srlm.data.collate import (
-    TokenizedExample, filter_by_length, length_grouped_batches, pad_batch, tokenize_pair,
+    IGNORE_INDEX, TokenizedExample, filter_by_length, length_grouped_batches, pad_batch, packed_batch, tokenize_pair,
 )
-from srlm.data.prepare import to_sft_example
+from srlm.data.prepare import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, to_sft_example
 from srlm.data.prompts import completion_end, render_prompt
-from srlm.data.sources import load_records
+from srlm.data.sources import DATASETS, load_records, register_custom
 from srlm.errors import UserError
 from srlm.models import apply_lora, load_model, save_model
 from srlm.train.loop import (
-    Dist, MetricsLog, broadcast_parameters, clip_and_step, init_distributed, load_resume_checkpoint,
-    make_optimizer, make_scheduler, progress_bar, save_resume_checkpoint, sum_gradients, all_reduce_sum,
+    Dist, MetricsLog, autocast, broadcast_parameters, clip_and_step_tensor,
+    enable_gradient_checkpointing, full_state_dict, gradient_sync, init_distributed, load_resume_checkpoint,
+    make_optimizer, make_scheduler, progress_bar, save_resume_checkpoint, shard_model, sum_gradients,
 )
-from srlm.train.losses import sft_loss
+from srlm.train.losses import selected_cross_entropy
+
+# A records file written by `srlm distill generate` (or any file of canonical records) loads under this name.
+RECORDS_DATASET = "records"
+
+
+# ------------------------------------------------------------------------------------------------ data
 
 
 def load_stage_records(ref) -> list[dict]:
+    """The stage's canonical records. `name: records` with a `path` reads a file of canonical records
+    (`{"id", "question", "answer", "solution", ...}` per line), e.g. teacher traces from `srlm distill`."""
+    spec = DATASETS.get(ref.name)
+    if ref.name == RECORDS_DATASET and (spec is None or spec.local_path is not None):  # not a built-in
+        if not ref.path:
+            raise UserError("data.name 'records' needs data.path: a jsonl file of canonical records")
+        register_custom(RECORDS_DATASET, ref.path, "question", "answer", "solution",
+                        description="canonical records from a file (e.g. `srlm distill generate --out`)")
     return load_records(ref.name, split=ref.split, path=ref.path, limit=ref.limit, **ref.options)
 
 
-def run_sft(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress: bool = True) -> dict:
-    """Fine-tune on (prompt, completion) pairs in the paper's format; writes `out_dir/checkpoint`."""
-    model, tok = load_model(model_dir, device, dtype="float32")
-    records = load_stage_records(cfg.data)
+def is_paper_completion(text: str) -> bool:
+    """`<think>…</think>` then `<answer>…</answer>` and nothing else: already the completion to train on."""
+    t = text.strip()
+    if not (t.startswith(THINK_OPEN) and t.endswith(ANSWER_CLOSE)):
+        return False
+    if any(t.count(tag) != 1 for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)):
+        return False
+    return t.index(THINK_CLOSE) < t.index(ANSWER_OPEN) and not t[t.index(THINK_CLOSE) + len(THINK_CLOSE):
+                                                                t.index(ANSWER_OPEN)].strip()
+
+
+def completion_for(record: dict, completion: str = "tags") -> str:
+    """The completion to train on. `tags`: the paper's format: a teacher trace already in it is kept
+    verbatim (it is what the grader accepted), anything else goes through `prepare.to_sft_example`.
+    `solution`: the reference solution as written (e.g. to make a plain chat "instruct" model)."""
+    if completion == "solution":
+        if not record.get("solution"):
+            raise UserError(f"record {record.get('id')} has no solution to train on (completion: solution)")
+        return record["solution"].strip()
+    if record.get("solution") and is_paper_completion(record["solution"]):
+        return record["solution"].strip()
+    return to_sft_example(record)["completion"]
+
+
+def sft_examples(tok, records: list[dict], prompt: str, loss_on: str, completion: str = "tags"
+                 ) -> list[TokenizedExample]:
+    """Chat-formatted prompt + completion (closed by the end-of-turn marker) per record, tokenised."""
     end = completion_end(tok)
-    examples = []
-    for r in records:
-        ex = to_sft_example(r)
-        prompt = render_prompt(tok, cfg.prompt, ex["prompt"])
-        examples.append(tokenize_pair(tok, prompt, ex["completion"] + end, cfg.loss_on))
+    return [tokenize_pair(tok, render_prompt(tok, prompt, r["question"]), completion_for(r, completion) + end,
+                          loss_on) for r in records]
+
+
+# ----------------------------------------------------------------------------------------------- stages
+
+
+def run_sft(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress: bool = True,
+            records: list[dict] | None = None) -> dict:
+    """Fine-tune on (prompt, completion) pairs; writes `out_dir/checkpoint`. `records` replaces `cfg.data`."""
+    model, tok = load_model(model_dir, device, dtype="float32")
+    records = load_stage_records(cfg.data) if records is None else records
+    examples = sft_examples(tok, records, cfg.prompt, cfg.loss_on, getattr(cfg, "completion", "tags"))
     kept, report = filter_by_length(examples, cfg.max_length)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     summary = train_supervised(model, tok, kept, cfg, out_dir, device, progress, desc="sft")
     summary["data"] = {"n_records": len(records), "n_too_long": report.n_too_long, "n_examples": len(kept)}
+    return summary
+
+
+def run_seq_kd(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress: bool = True) -> dict:
+    """The paper's KD: SFT on teacher traces. Without `cfg.teacher`, the dataset's own traces; with it, the
+    teacher first samples `teacher_samples` traces per problem and only the correct ones are kept
+    (`kd.generate_traces`, resumable), then the student is fine-tuned on them."""
+    if not getattr(cfg, "teacher", None):
+        return run_sft(cfg, model_dir, out_dir, device, progress)
+    import json
+
+    from srlm.train.kd import generate_traces
+
+    traces = Path(out_dir) / "teacher_traces.jsonl"
+    counts = generate_traces(cfg.teacher, load_stage_records(cfg.data), traces, device,
+                             samples=cfg.teacher_samples, prompt=cfg.prompt,
+                             max_new_tokens=cfg.teacher_max_new_tokens, temperature=cfg.teacher_temperature,
+                             seed=cfg.seed, progress=progress)
+    records = [json.loads(line) for line in traces.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not records:
+        raise UserError(f"the teacher {cfg.teacher} wrote no correct trace for {cfg.data.name}; "
+                        f"a stronger teacher or more teacher_samples is needed")
+    summary = run_sft(cfg, model_dir, out_dir, device, progress, records=records)
+    summary["teacher"] = counts
     return summary
 
 
@@ -67,6 +146,9 @@ def run_pretrain(cfg, model_dir: Path, out_dir: Path, device: torch.device, prog
     return summary
 
 
+# ------------------------------------------------------------------------------------------------- loop
+
+
 def plan_micro_batches(examples: list[TokenizedExample], cfg, total_steps: int, per_step: int) -> list[list[int]]:
     """The whole run's micro-batches (lists of example indices), in order, epoch after epoch.
 
@@ -83,9 +165,57 @@ def plan_micro_batches(examples: list[TokenizedExample], cfg, total_steps: int, 
     return plan[: total_steps * per_step]
 
 
+def collate(examples: list[TokenizedExample], pad_id: int, packing: bool, row_length: int) -> dict:
+    """Model inputs for one micro-batch: packed rows (`position_ids`) or right-padded rows.
+
+    No attention mask either way: with right padding, causal attention already keeps real tokens from
+    seeing the padding after them, and the padding's own outputs carry no loss.
+    """
+    if packing:
+        return packed_batch(examples, pad_id, row_length)
+    batch = pad_batch(examples, pad_id)
+    return {"input_ids": batch["input_ids"], "labels": batch["labels"]}
+
+
+def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep [B, T] bool: positions whose next token carries loss, targets [N]: those next tokens)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)  # [B, T]
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep, labels[:, 1:][keep[:, :-1]]  # [B, T], [N]
+
+
+def selected_logits(model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
+    """Logits [N, V] at the `keep` positions only: the LM head never sees prompt or padding positions."""
+    logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False,
+                   logits_to_keep=keep).logits
+    if logits.dim() == 3 and logits.shape[:2] == keep.shape:  # an architecture that ignores mask selection
+        logits = logits[keep]
+    return logits.reshape(-1, logits.shape[-1])  # [N, V]
+
+
+def sft_step_loss(model, batch: dict, normalizer: float) -> tuple[torch.Tensor, dict]:
+    """Token cross-entropy summed over the micro-batch, divided by the whole step's loss-token count."""
+    keep, targets = loss_positions(batch["labels"])
+    loss = selected_cross_entropy(selected_logits(model, batch, keep), targets).sum() / normalizer
+    return loss, {}
+
+
+# (model, batch on device, step normaliser) -> (loss to backpropagate, stats as detached scalar tensors)
+StepLoss = Callable[[torch.nn.Module, dict, float], tuple[torch.Tensor, dict]]
+# (step, this rank's micro-batches of examples) -> the micro-batches to train on (e.g. student samples)
+Rollout = Callable[[int, list[list[TokenizedExample]]], tuple[list[list[TokenizedExample]], dict]]
+
+
 def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir: Path, device: torch.device,
-                     progress: bool = True, desc: str = "sft") -> dict:
-    """The supervised loop. One optimizer step = `world * grad_accum` micro-batches of `batch_size`."""
+                     progress: bool = True, desc: str = "sft", step_loss: StepLoss = sft_step_loss,
+                     rollout: Rollout | None = None) -> dict:
+    """The supervised loop. One optimizer step = `world * grad_accum` micro-batches of `batch_size`.
+
+    The data position is the step number (the plan is a pure function of data and seed), so a resume
+    checkpoint every `save_every` steps plus the RNG states makes a killed run, started again, end with
+    the same weights. `step_loss` and `rollout` let logit-level KD reuse the loop: the teacher-scored
+    loss, and on-policy completions sampled by the student in place of the dataset's.
+    """
     if not examples:
         raise UserError(f"{desc}: no training examples left (all filtered out? raise max_length)")
     d: Dist = init_distributed(device)
@@ -95,53 +225,80 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
     steps = cfg.steps or max(1, math.ceil(getattr(cfg, "epochs", 1.0) * len(examples) / (cfg.batch_size * per_step)))
     plan = plan_micro_batches(examples, cfg, steps, per_step)
     torch.manual_seed(cfg.seed)
-    if getattr(cfg, "gradient_checkpointing", False):
-        model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model.train()
     broadcast_parameters(model, d)
+    model = shard_model(model, d)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, steps)
     resume_dir = out_dir / "resume"
     start = 0
     if (resume_dir / "trainer_state.pt").exists():
-        start, _ = load_resume_checkpoint(resume_dir, model, opt, sched)
+        start, _ = load_resume_checkpoint(resume_dir, model, opt, sched, d)
     log = MetricsLog(out_dir / "metrics.jsonl", resume_step=start, enabled=d.main)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    packing = bool(getattr(cfg, "packing", False))
     bar = progress_bar(steps, desc, initial=start, enabled=progress and d.main)
     t_start, tokens_seen, last = time.perf_counter(), 0, {}
     for step in range(start, steps):
         t0 = time.perf_counter()
-        step_batches = plan[step * per_step:(step + 1) * per_step]
+        mine = [[examples[i] for i in mb] for mb in plan[step * per_step:(step + 1) * per_step]
+                [d.rank * cfg.grad_accum:(d.rank + 1) * cfg.grad_accum]]
+        extra_stats: dict = {}
+        if rollout is not None:
+            mine, extra_stats = rollout(step, mine)
         # The whole step's loss-token count: every micro-batch divides by it, so accumulation and data
         # parallelism give exactly the gradient of one big batch's token-mean loss.
-        n_loss = sum(examples[i].n_predicted for mb in step_batches for i in mb)
-        loss_sum, real_tokens = 0.0, 0
-        for mb in step_batches[d.rank * cfg.grad_accum:(d.rank + 1) * cfg.grad_accum]:
-            batch = {k: v.to(device) for k, v in pad_batch([examples[i] for i in mb], pad_id).items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = sft_loss(logits, batch["labels"], normalizer=max(n_loss, 1))
+        n_loss, real_tokens = (int(x) for x in _sum_all(d, sum(e.n_predicted for mb in mine for e in mb),
+                                                         sum(len(e.input_ids) for mb in mine for e in mb)))
+        loss_sum = torch.zeros((), device=device)
+        stat_sums: dict[str, torch.Tensor] = {}
+        for k, mb in enumerate(mine):
+            batch = {key: v.to(device) for key, v in collate(mb, pad_id, packing, cfg.max_length).items()}
+            gradient_sync(model, d, k == len(mine) - 1)
+            with autocast(device):
+                loss, stats = step_loss(model, batch, max(n_loss, 1))
             loss.backward()
-            loss_sum += float(loss.detach())
-            real_tokens += int(batch["attention_mask"].sum())
+            loss_sum += loss.detach()
+            for key, v in stats.items():
+                stat_sums[key] = stat_sums.get(key, 0) + v
         sum_gradients(model, d)
-        grad_norm = clip_and_step(model, opt, sched, cfg.max_grad_norm)
-        loss_total = all_reduce_sum(loss_sum, d)
-        real_tokens = int(all_reduce_sum(real_tokens, d))
+        grad_norm = clip_and_step_tensor(model, opt, sched, cfg.max_grad_norm)
+        names = list(stat_sums)
+        reduced = torch.stack([loss_sum, *[stat_sums[n].float() for n in names]]).double()
+        if d.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(reduced)
+        values = torch.cat([reduced, grad_norm.double().reshape(1)]).tolist()  # the step's one host sync
         tokens_seen += real_tokens
         dt = time.perf_counter() - t0
-        last = {"step": step + 1, "loss": loss_total, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm,
-                "tokens": real_tokens, "tokens_per_s": real_tokens / dt, "seconds": dt}
+        last = {"step": step + 1, "loss": values[0], **dict(zip(names, values[1:-1])), **extra_stats,
+                "lr": sched.get_last_lr()[0], "grad_norm": values[-1], "tokens": real_tokens,
+                "loss_tokens": n_loss, "tokens_per_s": real_tokens / dt, "seconds": dt}
         log.log(last)
-        bar.set_postfix(loss=f"{loss_total:.3f}", lr=f"{last['lr']:.1e}")
+        bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{last['lr']:.1e}")
         bar.update(1)
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps and d.main:
-            save_resume_checkpoint(resume_dir, model, opt, sched, step + 1, {})
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
+            save_resume_checkpoint(resume_dir, model, opt, sched, step + 1,
+                                   {"examples_seen": (step + 1) * per_step * cfg.batch_size}, d)
     bar.close()
     log.close()
+    state = full_state_dict(model, d)  # FSDP: gathered on every rank's call, kept by rank 0
     if d.main:
-        save_model(model, tok, out_dir / "checkpoint")
+        save_model(model, tok, out_dir / "checkpoint", state_dict=state)
         shutil.rmtree(resume_dir, ignore_errors=True)  # the final checkpoint supersedes it
     return {"steps": steps, "final_loss": last.get("loss"), "tokens": tokens_seen,
             "train_seconds": time.perf_counter() - t_start}
+
+
+def _sum_all(d: Dist, *values: int) -> list[float]:
+    """Sum numbers over processes in one all-reduce (identity for one process)."""
+    if d.world == 1:
+        return list(values)
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()

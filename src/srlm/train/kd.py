@@ -1,0 +1,271 @@
+"""Logit-level distillation (`run_kd`): the student matches a teacher's next-token distributions.
+
+Where sequence-level KD (`run_sft` on teacher traces) sees one sampled token per position, this stage sees
+the teacher's whole distribution at every position: forward KL, reverse KL or the generalised JSD of GKD
+(Agarwal et al., 2024), at a temperature, optionally mixed with cross-entropy on the training tokens.
+
+- off-policy: the positions are those of the dataset's responses (prompt + reference completion);
+- on-policy (`on_policy` = GKD's lambda): on that fraction of steps the student samples the completions
+  itself (HFEngine) and the teacher scores them, so the student learns on the states it actually visits.
+
+The loop is `sft.train_supervised`; this module brings the loss (teacher forward + divergence) and the
+on-policy rollout. Teacher and student must share a tokenizer: position t's distributions are only
+comparable if token id k means the same string to both, so that is checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from srlm.data.collate import IGNORE_INDEX, TokenizedExample, filter_by_length, tokenize_pair
+from srlm.data.prompts import completion_end, render_prompt, stop_token_ids
+from srlm.errors import UserError
+from srlm.models import apply_lora, load_model
+from srlm.train.losses import kd_loss
+from srlm.train.sft import completion_for, load_stage_records, loss_positions, selected_logits, train_supervised
+
+
+@dataclass
+class PromptedExample(TokenizedExample):
+    """A tokenised example that remembers where its prompt ends, so the student can answer it itself."""
+
+    prompt_len: int = 0
+
+
+# ------------------------------------------------------------------------------------------ vocabulary
+
+
+def shared_vocab_width(student, student_tok, teacher, teacher_tok, n_samples: int = 256) -> int:
+    """Check that teacher and student share a tokenizer; return how many logit columns to compare.
+
+    Same tokenizer size, same special tokens, and the same token string for a spread of ids (evenly
+    spaced plus the last ones, where added tokens live). Models may pad their embedding matrices past the
+    tokenizer (Qwen2.5 0.5B has 151,936 rows, 7B 152,064, one tokenizer of 151,665): the logits are then
+    compared on the first min(V_student, V_teacher) ids, which covers every real token.
+    """
+    n_s, n_t = len(student_tok), len(teacher_tok)
+    if n_s != n_t:
+        raise UserError(f"kd: teacher and student tokenizers differ in size ({n_t} vs {n_s} tokens); logit-level "
+                        f"distillation needs one shared vocabulary (use sequence-level KD on teacher traces instead)")
+    ids = sorted(set(range(0, n_s, max(1, n_s // n_samples))) | set(range(max(0, n_s - 64), n_s)))
+    ts, tt = student_tok.convert_ids_to_tokens(ids), teacher_tok.convert_ids_to_tokens(ids)
+    bad = [(i, a, b) for i, a, b in zip(ids, ts, tt) if a != b]
+    if bad:
+        i, a, b = bad[0]
+        raise UserError(f"kd: teacher and student tokenizers map ids differently ({len(bad)} of {len(ids)} "
+                        f"sampled ids; e.g. id {i} is {b!r} for the teacher, {a!r} for the student)")
+    for attr in ("eos_token_id", "pad_token_id"):
+        if getattr(student_tok, attr) != getattr(teacher_tok, attr):
+            raise UserError(f"kd: teacher and student tokenizers disagree on {attr} "
+                            f"({getattr(teacher_tok, attr)} vs {getattr(student_tok, attr)})")
+    v_s = student.get_output_embeddings().weight.shape[0]
+    v_t = teacher.get_output_embeddings().weight.shape[0]
+    if min(v_s, v_t) < n_s:
+        raise UserError(f"kd: a model's output layer ({min(v_s, v_t)} rows) is smaller than the tokenizer ({n_s})")
+    return min(v_s, v_t)
+
+
+# ---------------------------------------------------------------------------------------------- loss
+
+
+def make_kd_loss(teacher, cfg, width: int):
+    """The step loss of `train_supervised`: teacher and student logits at the loss positions only."""
+
+    def step_loss(model, batch: dict, normalizer: float):
+        keep, targets = loss_positions(batch["labels"])  # [B, T], [N]
+        student = selected_logits(model, batch, keep)[:, :width]  # [N, V]
+        with torch.no_grad():
+            teacher_logits = selected_logits(teacher, batch, keep)[:, :width]  # [N, V]
+        return kd_loss(student, teacher_logits, targets, cfg.divergence, cfg.beta, cfg.temperature,
+                       cfg.ce_weight, normalizer)
+
+    return step_loss
+
+
+# ----------------------------------------------------------------------------------------- on-policy
+
+
+def make_rollout(model, tok, cfg, rank: int):
+    """On a `cfg.on_policy` fraction of steps, replace each completion by one the student samples.
+
+    Whether a step is on-policy and the sampling seed are functions of (seed, step, rank), so a resumed
+    run and every process agree without communication.
+    """
+    from srlm.engines.base import SamplingParams
+    from srlm.engines.hf import HFEngine
+
+    engine = HFEngine(model, tok, batch_size=max(1, cfg.batch_size))
+    stops = tuple(stop_token_ids(tok))
+
+    def rollout(step: int, micro_batches: list[list[PromptedExample]]):
+        if random.Random(cfg.seed * 7919 + step).random() >= cfg.on_policy:
+            return micro_batches, {"on_policy": 0.0}
+        sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature,
+                                  n=1, stop_token_ids=stops, seed=cfg.seed * 1_000_003 + step * 1009 + rank)
+        flat = [e for mb in micro_batches for e in mb]
+        outs = engine.generate([e.input_ids[:e.prompt_len] for e in flat], sampling)
+        made, n_new = [], 0
+        for e, (c,) in zip(flat, outs):
+            prompt = e.input_ids[:e.prompt_len]
+            completion = c.token_ids or [stops[0]]  # an empty sample still teaches where to stop
+            prompt_labels = prompt if cfg.loss_on == "all" else [IGNORE_INDEX] * len(prompt)
+            made.append(PromptedExample(prompt + completion, prompt_labels + completion, e.prompt_len))
+            n_new += len(completion)
+        it = iter(made)
+        regrouped = [[next(it) for _ in mb] for mb in micro_batches]
+        return regrouped, {"on_policy": 1.0, "sample_tokens_mean": n_new / max(1, len(flat))}
+
+    return rollout
+
+
+# ---------------------------------------------------------------------------------------------- stage
+
+
+def kd_examples(tok, records: list[dict], prompt: str, loss_on: str) -> list[PromptedExample]:
+    end = completion_end(tok)
+    out = []
+    for r in records:
+        p = render_prompt(tok, prompt, r["question"])
+        ex = tokenize_pair(tok, p, completion_for(r) + end, loss_on)
+        out.append(PromptedExample(ex.input_ids, ex.labels, len(tok.encode(p, add_special_tokens=False))))
+    return out
+
+
+def run_kd(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress: bool = True) -> dict:
+    """Distil `cfg.teacher` into the model at `model_dir`; writes `out_dir/checkpoint` like `run_sft`."""
+    if not cfg.teacher:
+        raise UserError("distill: set `teacher` to the teacher model's folder or hub id")
+    model, tok = load_model(model_dir, device, dtype="float32")
+    teacher, teacher_tok = load_model(cfg.teacher, device, dtype="auto")
+    width = shared_vocab_width(model, tok, teacher, teacher_tok)
+    teacher.eval().requires_grad_(False)
+    records = load_stage_records(cfg.data)
+    kept, report = filter_by_length(kd_examples(tok, records, cfg.prompt, cfg.loss_on), cfg.max_length)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    rollout = None
+    if cfg.on_policy > 0:
+        from srlm.train.loop import init_distributed
+
+        rollout = make_rollout(model, tok, cfg, init_distributed(device).rank)
+    summary = train_supervised(model, tok, kept, cfg, out_dir, device, progress, desc="distill",
+                               step_loss=make_kd_loss(teacher, cfg, width), rollout=rollout)
+    summary["data"] = {"n_records": len(records), "n_too_long": report.n_too_long, "n_examples": len(kept)}
+    summary["teacher"] = str(cfg.teacher)
+    return summary
+
+
+# ------------------------------------------------------------------------------ teacher traces (sequence KD)
+
+
+def trace_solution(text: str, extracted: str | None) -> tuple[str, bool]:
+    """(completion in the paper's format, whether it had to be rewritten) for an accepted teacher response.
+
+    A response already shaped `<think>…</think>\\n<answer>…</answer>` is kept verbatim; any other correct
+    one (e.g. a `\\boxed{}` write-up) becomes `<think>response</think>\\n<answer>extracted</answer>`.
+    """
+    from srlm.data.prepare import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, format_cot
+    from srlm.train.sft import is_paper_completion
+
+    if is_paper_completion(text):
+        return text.strip(), False
+    body = text
+    for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE):
+        body = body.replace(tag, "")
+    return format_cot(body, extracted or ""), True
+
+
+def _read_done(out: Path) -> set[str]:
+    done_file = out.with_name(out.name + ".done")
+    if not done_file.exists():
+        return set()
+    return {ln for ln in done_file.read_text(encoding="utf-8").splitlines() if ln}
+
+
+def _drop_unfinished(out: Path, done: set[str]) -> None:
+    """Remove records of problems not marked done (a run killed between writing them and the marker)."""
+    import json
+
+    from srlm.train.loop import atomic_write_text
+
+    if not out.exists():
+        return
+    lines = out.read_text(encoding="utf-8").splitlines()
+    kept = [ln for ln in lines if ln.strip() and _problem_of(json.loads(ln)) in done] if lines else []
+    if len(kept) != len(lines):
+        atomic_write_text(out, "".join(ln + "\n" for ln in kept))
+
+
+def _problem_of(record: dict) -> str:
+    return str((record.get("meta") or {}).get("problem_id"))
+
+
+def generate_traces(teacher_dir: str, records: list[dict], out: Path, device: torch.device, samples: int = 4,
+                    prompt: str = "tags", max_new_tokens: int = 1024, temperature: float = 0.7, top_p: float = 1.0,
+                    batch_problems: int = 16, seed: int = 0, benchmark: str | None = None,
+                    progress: bool = True) -> dict:
+    """Rejection sampling: `samples` teacher responses per problem, keep those the grader marks correct,
+    append them to `out` as canonical records whose `solution` is the paper-format completion.
+
+    Resumable: after each problem its id goes to `out.done`; a re-run skips done problems and drops
+    records of a problem that was cut off half-written. Returns counts and the acceptance rate.
+    """
+    import json
+
+    from srlm.engines.base import SamplingParams
+    from srlm.engines.hf import HFEngine
+    from srlm.grading import grade
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _read_done(out)
+    _drop_unfinished(out, done)
+    todo = [r for r in records if str(r["id"]) not in done]
+    counts = {"problems": len(records), "skipped_done": len(records) - len(todo), "sampled": 0, "accepted": 0,
+              "problems_with_accepted": 0, "reformatted": 0}
+    if todo:
+        teacher, tok = load_model(teacher_dir, device, dtype="auto")
+        engine = HFEngine(teacher, tok, batch_size=64, progress=False)
+        stops = tuple(stop_token_ids(tok))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="distill", unit="problem")
+        with open(out, "a", encoding="utf-8") as f, open(out.with_name(out.name + ".done"), "a") as done_f:
+            for start in range(0, len(todo), batch_problems):
+                chunk = todo[start:start + batch_problems]
+                prompts = [tok.encode(render_prompt(tok, prompt, r["question"]), add_special_tokens=False)
+                           for r in chunk]
+                sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                          n=samples, stop_token_ids=stops, seed=seed * 1_000_003 + start)
+                for r, completions in zip(chunk, engine.generate(prompts, sampling)):
+                    accepted = 0
+                    for k, c in enumerate(completions):
+                        g = grade(c.text, r["answer"], benchmark)
+                        if not g.correct or c.truncated:
+                            continue
+                        solution, rewritten = trace_solution(c.text, g.extracted)
+                        meta = {"problem_id": str(r["id"]), "sample": k, "teacher": str(teacher_dir),
+                                "temperature": temperature, "reformatted": rewritten}
+                        f.write(json.dumps({"id": f"{r['id']}#{k}", "source": r.get("source"),
+                                            "question": r["question"], "answer": r["answer"],
+                                            "solution": solution, "meta": meta}) + "\n")
+                        accepted += 1
+                        counts["reformatted"] += rewritten
+                    f.flush()
+                    done_f.write(f"{r['id']}\n")
+                    done_f.flush()
+                    counts["sampled"] += len(completions)
+                    counts["accepted"] += accepted
+                    counts["problems_with_accepted"] += accepted > 0
+                if bar:
+                    bar.update(len(chunk))
+        if bar:
+            bar.close()
+    counts["acceptance_rate"] = counts["accepted"] / counts["sampled"] if counts["sampled"] else None
+    return counts

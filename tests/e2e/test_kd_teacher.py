@@ -1,0 +1,31 @@
+"""A KD stage whose teacher is another pipeline of the same run: the teacher runs first, its final model
+writes the traces (rejection-sampled), and a teacher that gets nothing right fails only its pipeline."""
+
+import json
+
+import pytest
+
+from srlm.cli import main
+from test_demo_mini import MINI, ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def test_kd_from_a_teacher_pipeline(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    pipelines = ("pipelines={base: {stages: [{kind: pretrain}]}, "
+                 "teacher: {extends: base, stages: [{kind: sft}]}, "
+                 "student: {extends: base, stages: [{kind: kd, teacher: teacher, teacher_samples: 2, "
+                 "teacher_max_new_tokens: 16, data: {name: synthetic, options: {n: 6}}}]}}")
+    code = main(["run", str(ROOT / "configs" / "demo.yaml"), f"run_dir={run_dir}", "--no-progress", *MINI,
+                 pipelines, "--only", "student"])
+    out = capsys.readouterr().out
+    assert code == 1, out  # an untrained tiny teacher answers nothing correctly
+    student = json.loads((run_dir / "student" / "pipeline.json").read_text())
+    assert student["status"] == "failed" and "no correct trace" in student["reason"]
+    teacher = json.loads((run_dir / "teacher" / "pipeline.json").read_text())
+    assert teacher["status"] == "done"  # run first, because the student needed it
+    kd = [json.loads(p.read_text()) for p in run_dir.glob("stages/kd-*/manifest.json")]
+    assert len(kd) == 1 and kd[0]["config"]["teacher"].endswith("checkpoint")
+    done = (run_dir / "stages" / f"kd-{kd[0]['key']}" / "teacher_traces.jsonl.done").read_text().split()
+    assert len(done) == 6  # every problem was tried, none accepted

@@ -1,0 +1,186 @@
+"""SFT end to end on a tiny model: data parallel (2 processes, gloo) equals one process, an interrupted run
+resumes to the same weights, LoRA trains only its adapters and the merged model equals the adapter model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from srlm.config import DatasetRef, LoraConfig, SFTConfig
+from srlm.tiny import TinySpec, write_tiny_model
+from srlm.train.loop import read_metrics
+
+pytestmark = pytest.mark.e2e
+
+SPEC = TinySpec(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64)
+
+
+def sft_cfg(**kw) -> SFTConfig:
+    base = dict(data=DatasetRef(name="synthetic", split="train", options={"n": 48}), prompt="tags_brief",
+                steps=4, batch_size=4, lr=3e-3, warmup_ratio=0.25, max_length=512, seed=3)
+    return SFTConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny"), SPEC)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 0.0):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=atol, rtol=0), (k, (wa[k] - wb[k]).abs().max().item())
+
+
+# ------------------------------------------------------------------------------------------ distributed
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    from srlm.config import SFTConfig
+    from srlm.train.sft import run_sft
+    cfg = SFTConfig.model_validate(json.loads(sys.argv[3]))
+    run_sft(cfg, sys.argv[1], sys.argv[2], torch.device("cpu"), progress=False)
+""")
+
+
+def run_script(tmp_path, model_dir, out, cfg, nproc, env_extra=None):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    args = [str(script), str(model_dir), str(out), cfg.model_dump_json()]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--standalone", *args]
+    else:
+        cmd = [sys.executable, *args]
+    # own session: on a timeout the launcher *and* its workers are killed, never left behind
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, err[-3000:]
+
+
+def test_two_processes_match_one_process(tmp_path, model_dir):
+    """Same global batch (world 2 x accum 1 vs world 1 x accum 2): same losses, same final weights."""
+    run_script(tmp_path, model_dir, tmp_path / "one", sft_cfg(grad_accum=2), 1)
+    run_script(tmp_path, model_dir, tmp_path / "two", sft_cfg(grad_accum=1), 2)
+    one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["tokens"] == b["tokens"]
+    assert one[-1]["loss"] < one[0]["loss"]
+    assert_same_weights(tmp_path / "one" / "checkpoint", tmp_path / "two" / "checkpoint", atol=1e-5)
+
+
+def test_fsdp_two_processes_match_one_process(tmp_path, model_dir):
+    """FSDP2 (sharded parameters, reduce-scatter in backward, gathered checkpoints) = one process."""
+    run_script(tmp_path, model_dir, tmp_path / "one", sft_cfg(grad_accum=2, save_every=2), 1)
+    run_script(tmp_path, model_dir, tmp_path / "fsdp", sft_cfg(grad_accum=1, save_every=2), 2, {"SRLM_FSDP": "1"})
+    one, fsdp = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "fsdp" / "metrics.jsonl")
+    for a, b in zip(one, fsdp, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+    assert_same_weights(tmp_path / "one" / "checkpoint", tmp_path / "fsdp" / "checkpoint", atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- resume
+
+
+class Killed(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, model_dir, monkeypatch):
+    from srlm.train import sft
+
+    cfg = sft_cfg(steps=5, save_every=2)
+    sft.run_sft(cfg, model_dir, tmp_path / "straight", torch.device("cpu"), progress=False)
+
+    real_save = sft.save_resume_checkpoint
+
+    def save_then_die(folder, model, opt, sched, step, extra, d=None):
+        real_save(folder, model, opt, sched, step, extra, d)
+        if step == 4:
+            raise Killed  # the process dies right after the step-4 checkpoint is on disk
+
+    monkeypatch.setattr(sft, "save_resume_checkpoint", save_then_die)
+    out = tmp_path / "resumed"
+    with pytest.raises(Killed):
+        sft.run_sft(cfg, model_dir, out, torch.device("cpu"), progress=False)
+    assert (out / "resume" / "trainer_state.pt").exists() and not (out / "checkpoint").exists()
+    monkeypatch.setattr(sft, "save_resume_checkpoint", real_save)
+    torch.manual_seed(999)  # a fresh process would have another RNG state: the checkpoint must restore it
+    sft.run_sft(cfg, model_dir, out, torch.device("cpu"), progress=False)  # the same command again
+
+    assert_same_weights(tmp_path / "straight" / "checkpoint", out / "checkpoint")
+    steps = read_metrics(out / "metrics.jsonl")
+    assert [m["step"] for m in steps] == [1, 2, 3, 4, 5]
+    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    assert [m["loss"] for m in steps] == pytest.approx([m["loss"] for m in straight], rel=1e-6)
+    assert not (out / "resume").exists()
+
+
+# ----------------------------------------------------------------------------------------------- LoRA
+
+
+def test_lora_trains_only_adapters_and_merged_model_matches(tmp_path, model_dir):
+    from peft import PeftModel
+
+    from srlm.models import apply_lora, load_model, merged_copy
+    from srlm.train.sft import sft_examples, train_supervised, load_stage_records
+
+    cfg = sft_cfg(steps=3, lr=1e-2, lora=LoraConfig(enabled=True, r=4, alpha=8, dropout=0.1))
+    model, tok = load_model(model_dir, torch.device("cpu"), "float32")
+    base_before = {k: v.clone() for k, v in model.state_dict().items()}
+    model = apply_lora(model, cfg.lora)
+    examples = sft_examples(tok, load_stage_records(cfg.data), cfg.prompt, cfg.loss_on)
+    train_supervised(model, tok, examples, cfg, tmp_path / "lora", torch.device("cpu"), progress=False)
+
+    changed_lora = 0
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            assert p.requires_grad
+            changed_lora += bool(p.abs().sum() > 0) if "lora_B" in name else 0  # B starts at zero
+        else:
+            assert not p.requires_grad
+            key = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(p, base_before[key]), name
+    assert changed_lora > 0
+
+    model.eval()
+    ids = torch.tensor([tok.encode("<think>12 + 30 = 42</think>\n<answer>42</answer>")])
+    with torch.no_grad():
+        adapter_logits = model(input_ids=ids).logits
+        merged_logits = merged_copy(model)(input_ids=ids).logits
+        # what the next stage loads: the merged folder, and the adapter folder on the original base
+        saved, _ = load_model(tmp_path / "lora" / "checkpoint", torch.device("cpu"), "float32")
+        base, _ = load_model(model_dir, torch.device("cpu"), "float32")
+        base_logits = base.eval()(input_ids=ids).logits
+        reloaded = PeftModel.from_pretrained(base, tmp_path / "lora" / "checkpoint" / "adapter").eval()
+        saved_logits = saved.eval()(input_ids=ids).logits
+        reloaded_logits = reloaded(input_ids=ids).logits
+    assert not torch.allclose(adapter_logits, base_logits, atol=1e-4)  # it learned
+    for other in (merged_logits, saved_logits, reloaded_logits):
+        assert torch.allclose(adapter_logits, other, atol=1e-5)
+    assert json.loads((tmp_path / "lora" / "checkpoint" / "adapter" / "adapter_config.json").read_text())["r"] == 4
