@@ -112,7 +112,7 @@ def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device
     try:
         summary = _stage_runners()[kind](scfg, Path(input_path), stage_dir, device, progress)
         status, reason = summary.get("status", "done"), summary.get("reason")
-    except (UserError, RuntimeError, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - a broken stage fails its pipeline, never the whole study
         summary, status, reason = {}, "failed", f"{type(e).__name__}: {e}"
         (stage_dir / "error.txt").write_text(traceback.format_exc())
     wall = time.perf_counter() - t0

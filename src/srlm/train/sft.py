@@ -33,7 +33,7 @@ from srlm.data.sources import DATASETS, load_records, register_custom
 from srlm.errors import UserError
 from srlm.models import apply_lora, load_model, save_model
 from srlm.train.loop import (
-    Dist, MetricsLog, autocast, broadcast_parameters, clip_and_step_tensor,
+    Dist, MetricsLog, autocast, broadcast_parameters, clip_and_step_tensor, compile_layers, compile_requested,
     enable_gradient_checkpointing, full_state_dict, gradient_sync, init_distributed, load_resume_checkpoint,
     make_optimizer, make_scheduler, progress_bar, save_resume_checkpoint, shard_model, sum_gradients,
 )
@@ -227,6 +227,8 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
     torch.manual_seed(cfg.seed)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if compile_requested(cfg):
+        compile_layers(model)
     model.train()
     broadcast_parameters(model, d)
     model = shard_model(model, d)
