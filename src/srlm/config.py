@@ -207,6 +207,11 @@ class GRPOConfig(OptimConfig):
     )
     mask_truncated: bool = Field(False, description="Give truncated completions no gradient.")
     dynamic_sampling: bool = Field(False, description="Drop zero-variance groups and refill the batch.")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="Rollout engine: `hf` shares the policy's weights (CPU/GPU); `vllm` (GPU) holds a "
+                          "copy that gets the policy's weights after every update.")
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="GPU memory fraction vLLM may take (the trainer shares the GPU).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     collapse: CollapseGuardConfig = Field(default_factory=CollapseGuardConfig)
 

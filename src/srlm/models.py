@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -127,6 +128,26 @@ def apply_lora(model, lora_cfg):
     cfg = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                      target_modules=targets, task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
+
+
+@contextmanager
+def hf_weights(model):
+    """The model's weights as (name, tensor) pairs named as in a plain transformers checkpoint.
+
+    For a peft model the adapters are folded into the base weights for the duration of the `with` block
+    (no copy of the model) and unfolded after it, so a generation engine holding its own copy of the
+    weights (vLLM) can be given exactly what the policy computes. The tensors are live views: use them
+    inside the block.
+    """
+    if not is_peft(model):
+        yield list(model.state_dict().items())
+        return
+    model.merge_adapter()
+    try:
+        yield [(name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor)
+               for name, tensor in model.state_dict().items() if ".lora_" not in name]
+    finally:
+        model.unmerge_adapter()
 
 
 def merged_copy(peft_model):

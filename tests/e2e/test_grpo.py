@@ -144,3 +144,48 @@ def test_two_process_update_equals_one_process(tiny, tmp_path, aggregation):
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), k
     sa, sb = json.loads(one.stdout.strip().splitlines()[-1]), json.loads(two.stdout.strip().splitlines()[-1])
     assert sa["loss"] == pytest.approx(sb["loss"], rel=1e-5, abs=1e-7)
+
+
+class _EngineWithOwnWeights:
+    """Stands in for vLLM on CPU: a separate copy of the model that only changes through `load_weights`."""
+
+    instances: list = []
+
+    def __init__(self, model_dir, **kwargs):
+        from srlm.engines.hf import HFEngine
+        from srlm.models import load_model
+
+        self.model, tok = load_model(model_dir, torch.device("cpu"), dtype="float32")
+        self.inner = HFEngine(self.model, tok, batch_size=8)
+        self.pushes = 0
+        _EngineWithOwnWeights.instances.append(self)
+
+    def generate(self, *args, **kwargs):
+        return self.inner.generate(*args, **kwargs)
+
+    def load_weights(self, named_tensors):
+        missing, unexpected = self.model.load_state_dict(
+            {name: t.detach().clone() for name, t in named_tensors}, strict=False)
+        assert not unexpected and not [m for m in missing if m != "lm_head.weight"], (missing, unexpected)
+        self.pushes += 1
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_an_engine_with_its_own_weights_gets_the_policy_after_every_update(tiny, tmp_path, variety_reward,
+                                                                           monkeypatch, lora):
+    from safetensors.torch import load_file
+
+    import srlm.engines.vllm as vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", _EngineWithOwnWeights)
+    _EngineWithOwnWeights.instances.clear()
+    cfg = _cfg(steps=3, rewards=[variety_reward], engine="vllm", lora={"enabled": lora, "r": 4})
+    m = run_stage("grpo", cfg, tiny, "tiny", tmp_path, torch.device("cpu"), progress=False)
+    assert m["status"] == "done", m
+    (engine,) = _EngineWithOwnWeights.instances
+    assert engine.pushes == 3
+    final = load_file(str(Path(m["output"]["checkpoint"]) / "model.safetensors"))  # LoRA: the merged model
+    served = engine.model.state_dict()
+    assert all(torch.allclose(served[k], final[k], atol=1e-6) for k in final)
+    start = load_file(str(Path(tiny) / "model.safetensors"))
+    assert any(not torch.equal(start[k], final[k]) for k in final)  # the policy did move

@@ -57,3 +57,21 @@ def test_vllm_seeded_sampling_is_reproducible_and_streams(tiny, engine):
     assert sorted(done) == [0, 1, 2]
     assert [[c.token_ids for c in g] for g in a[1:]] == [[c.token_ids for c in g] for g in b]
     assert all(len(g) == 3 for g in a)
+
+
+def test_vllm_serves_pushed_weights(tiny, tmp_path_factory):
+    """After `load_weights` with another model's weights, greedy outputs are that model's (as in GRPO)."""
+    from srlm.models import hf_weights, load_model
+    from srlm.tiny import TinySpec, write_tiny_model
+
+    other_dir = write_tiny_model(tmp_path_factory.mktemp("other"), TinySpec(hidden=256, layers=2, heads=4, kv_heads=2,
+                                                                              intermediate=512, seed=7))
+    other, tok = load_model(other_dir, torch.device("cuda"), dtype="float32")
+    engine = VLLMEngine(str(tiny), dtype="float32", gpu_memory_utilization=0.2, max_model_len=1024,
+                        enforce_eager=True, in_process=True)
+    sampling = SamplingParams(max_new_tokens=16, temperature=0.0, stop_token_ids=(tok.eos_token_id,))
+    with torch.no_grad(), hf_weights(other) as weights:
+        engine.load_weights(weights)
+    want = HFEngine(other, tok).generate(prompts(tok), sampling)
+    got = engine.generate(prompts(tok), sampling)
+    assert [g[0].token_ids for g in got] == [w[0].token_ids for w in want]

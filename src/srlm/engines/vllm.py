@@ -9,6 +9,7 @@ vLLM schedules them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 from srlm.engines.base import Completion, SamplingParams, prompt_seeds
@@ -40,14 +41,27 @@ class VLLMEngine:
 
     def __init__(self, model: str, dtype: str = "auto", seed: int = 0, max_model_len: int | None = None,
                  gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1, chunk: int = 512,
-                 **llm_kwargs):
+                 in_process: bool = False, **llm_kwargs):
+        """`in_process=True` keeps vLLM's model in this Python process (no engine subprocess), which is what
+        `load_weights` needs during RL: the trainer's tensors are handed over without serialisation."""
         vllm = require_vllm()
+        if in_process:
+            # Read by vLLM when the engine is built: run the model in this process, not a child.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self._vllm = vllm
         self.chunk = chunk
         self.llm = vllm.LLM(model=str(model), dtype="bfloat16" if dtype == "auto" else dtype, seed=seed,
                             max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                             tensor_parallel_size=tensor_parallel_size, **llm_kwargs)
         self.max_context = int(self.llm.llm_engine.model_config.max_model_len)
+
+    def load_weights(self, named_tensors: list[tuple[str, "torch.Tensor"]]) -> None:
+        """Replace the served weights with the policy's (names as in a transformers checkpoint, e.g. from
+        `srlm.models.hf_weights`); called after every RL update. Cached prefixes computed with the old
+        weights are dropped."""
+        weights = list(named_tensors)
+        self.llm.apply_model(lambda model: model.load_weights(weights))
+        self.llm.reset_prefix_cache()
 
     def _params(self, sampling: SamplingParams, seed: int | None):
         return self._vllm.SamplingParams(

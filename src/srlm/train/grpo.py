@@ -29,7 +29,7 @@ from srlm.engines.hf import HFEngine
 from srlm.errors import UserError
 from srlm.grading.rewards import REWARDS
 from srlm.grading import grade
-from srlm.models import apply_lora, is_peft, load_model, save_model
+from srlm.models import apply_lora, hf_weights, is_peft, load_model, save_model
 from srlm.train.loop import (
     MetricsLog, Timer, all_reduce_sum, broadcast_parameters, clip_and_step, init_distributed,
     load_resume_checkpoint, make_optimizer, make_scheduler, progress_bar, save_resume_checkpoint, sum_gradients,
@@ -106,7 +106,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
         raise UserError("grpo: the dataset has no problems")
     prompt_ids = [tok.encode(render_prompt(tok, cfg.prompt, p["prompt"]), add_special_tokens=False)
                   for p in problems]
-    engine = HFEngine(model, tok, batch_size=max(cfg.micro_batch_size, cfg.group_size))
+    engine = _rollout_engine(cfg, model, tok, model_dir, device)
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
                               temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.group_size,
                               stop_token_ids=tuple(stop_token_ids(tok)), stop_strings=tuple(cfg.stop))
@@ -121,6 +121,8 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
     if (resume_dir / "trainer_state.pt").exists():
         start, extra = load_resume_checkpoint(resume_dir, model, opt, sched)
     cursor = int(extra.get("cursor", 0))
+    if start:
+        _sync_engine(engine, model)  # a resumed policy is not the one the engine loaded
     log = MetricsLog(out_dir / "metrics.jsonl", resume_step=start, enabled=d.main)
     guard = CollapseGuard(cfg.collapse)
     bar = progress_bar(cfg.steps, "grpo", initial=start, enabled=progress and d.main)
@@ -147,6 +149,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
             with timer.phase("train"):
                 seqs = [(prompt_ids[i], c) for i, group in zip(batch_idx, completions) for c in group]
                 stats = grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id, d, use_bf16)
+                _sync_engine(engine, model)
             tokens += sum(len(p) + len(c.token_ids) for p, c in seqs)
             timer.seconds["step"] = time.perf_counter() - t_step
             last = {"step": step + 1,
@@ -175,6 +178,24 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
     return {"status": status, "reason": reason, "steps": last.get("step", start), "tokens": tokens,
             "final": {k: v for k, v in last.items() if not k.startswith("seconds/")},
             "train_seconds": time.perf_counter() - t_stage}
+
+
+def _rollout_engine(cfg, model, tok, model_dir: Path, device: torch.device):
+    """The engine that samples rollouts. `hf` decodes with the policy module itself (no copy, nothing to
+    sync); `vllm` loads its own copy from the stage's input and gets the weights after each update."""
+    if cfg.engine == "hf":
+        return HFEngine(model, tok, batch_size=max(cfg.micro_batch_size, cfg.group_size))
+    from srlm.engines import vllm  # says clearly when vLLM or CUDA is missing
+
+    return vllm.VLLMEngine(str(model_dir), seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                      in_process=True)
+
+
+def _sync_engine(engine, model) -> None:
+    """Give an engine that holds its own weights (vLLM) the policy's current ones (LoRA folded in)."""
+    if hasattr(engine, "load_weights"):
+        with torch.no_grad(), hf_weights(model) as weights:
+            engine.load_weights(weights)
 
 
 def _check_config(cfg, d) -> None:
