@@ -1,4 +1,5 @@
-"""Speed of the grader: prints one JSON object with cases per second and median/p99 ms per case.
+"""Speed of the grader: prints one JSON object with cases per second and median/p99/max ms per case,
+on real responses and on hostile ones (``srlm_hostile``: the worst case).
 
     python benchmarks/grading.py [FILE.jsonl] [--response-field response] [--gold-field gold]
                                  [--data DIR] [--limit N] [--math-verify]
@@ -81,6 +82,16 @@ def measure(grade_fn, cases) -> dict:
     return result
 
 
+def hostile_responses() -> list[str]:
+    """The hostile inputs of tests/unit/test_grading_hostile.py (one list for the tests and this benchmark)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hostile", REPO / "tests" / "unit" / "test_grading_hostile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.HOSTILE.values())
+
+
 def _srlm_grade(response: str, gold: str) -> bool:
     from srlm.grading import grade
 
@@ -118,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
     _srlm_grade("\\boxed{1}", "1")  # import and warm up outside the timed loop
     report = {"srlm": measure(_srlm_grade, cases)}
+    # The worst case: the test suite's hostile responses (megabyte inputs, power towers, deep nesting).
+    report["srlm_hostile"] = measure(_srlm_grade, [(r, g, None) for r in hostile_responses() for g in ("42", "\\frac{1}{2}")])
     if args.math_verify:
         _math_verify_grade("\\boxed{1}", "1")
         report["math_verify"] = measure(_math_verify_grade, cases)
