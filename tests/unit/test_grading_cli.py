@@ -38,7 +38,7 @@ def test_grade_custom_fields(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("lines,message", [
-    (['{"response": "x", "gold": "1"}', "{bad"], ":2: not valid JSON"),
+    (['{"response": "x", "gold": "1"}', "{bad"], ":2: malformed JSON line"),
     (['{"response": "x"}'], ":1: missing field 'gold'"),
     (['[1, 2]'], ":1: expected a JSON object"),
     (['{"response": {"a": 1}, "gold": "1"}'], "field 'response' must be a string"),

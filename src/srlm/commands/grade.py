@@ -52,24 +52,16 @@ def read_pairs(path: Path, response_field: str, gold_field: str) -> list[tuple[s
     """(response, gold) for every non-blank line of ``path``; ``UserError`` names the bad line."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    from srlm.data.jsonl import json_objects
+
     pairs = []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for field in (response_field, gold_field):
-                if field not in row:
-                    known = ", ".join(sorted(row)) or "none"
-                    raise UserError(f"{where}: missing field {field!r} (fields present: {known})")
-            pairs.append((_field_text(row[response_field], response_field, where),
-                          _field_text(row[gold_field], gold_field, where)))
+    for row, where in json_objects(path, errors="replace"):
+        for field in (response_field, gold_field):
+            if field not in row:
+                known = ", ".join(sorted(row)) or "none"
+                raise UserError(f"{where}: missing field {field!r} (fields present: {known})")
+        pairs.append((_field_text(row[response_field], response_field, where),
+                      _field_text(row[gold_field], gold_field, where)))
     return pairs
 
 

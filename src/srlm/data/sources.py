@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from srlm.data.jsonl import json_objects
 from srlm.errors import UserError
 
 Record = dict[str, Any]
@@ -484,19 +485,9 @@ class CustomDatasetSpec(BaseModel):
 
 def _read_jsonl(path: Path) -> Iterator[Row]:
     n = 0
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: malformed JSON line ({e.msg} at column {e.colno})") from None
-            if not isinstance(data, dict):
-                raise UserError(f"{where}: expected a JSON object, got {type(data).__name__}")
-            yield Row(data, where, n)
-            n += 1
+    for data, where in json_objects(path):
+        yield Row(data, where, n)
+        n += 1
     if n == 0:
         raise UserError(f"{path} is empty (no records)")
 
