@@ -119,6 +119,9 @@ class SFTConfig(OptimConfig):
     batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
     max_length: int = Field(1024, ge=16, description="Longest prompt+completion in tokens (longer ones are dropped).")
     loss_on: Literal["completion", "all"] = Field("completion", description="Which tokens carry the loss.")
+    packing: bool = Field(
+        False, description="Pack examples into rows of max_length (no padding, attention kept within each "
+                           "example) instead of length-grouped padded batches.")
     lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
@@ -155,7 +158,6 @@ class LogitKDConfig(SFTConfig):
     )
     sample_temperature: float = Field(1.0, ge=0, description="Sampling temperature of on-policy completions.")
     max_new_tokens: int = Field(256, ge=1, description="Longest on-policy completion.")
-    packing: bool = Field(False, description="Pack examples into rows of max_length instead of padding.")
 
 
 class CollapseGuardConfig(Strict):
