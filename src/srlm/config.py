@@ -268,6 +268,7 @@ class RunConfig(Strict):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     kd: KDConfig = Field(default_factory=KDConfig)
+    distill: LogitKDConfig = Field(default_factory=LogitKDConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict, description="Named pipelines.")

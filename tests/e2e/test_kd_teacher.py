@@ -29,3 +29,19 @@ def test_kd_from_a_teacher_pipeline(tmp_path, capsys):
     assert len(kd) == 1 and kd[0]["config"]["teacher"].endswith("checkpoint")
     done = (run_dir / "stages" / f"kd-{kd[0]['key']}" / "teacher_traces.jsonl.done").read_text().split()
     assert len(done) == 6  # every problem was tried, none accepted
+
+
+def test_logit_distillation_stage_from_a_teacher_pipeline(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    pipelines = ("pipelines={base: {stages: [{kind: pretrain}]}, "
+                 "teacher: {extends: base, stages: [{kind: sft}], evaluate: false}, "
+                 "student: {extends: base, stages: [{kind: distill, teacher: teacher, steps: 3, batch_size: 4, "
+                 "prompt: tags_brief, data: {name: synthetic, options: {n: 12}}}]}}")
+    code = main(["run", str(ROOT / "configs" / "demo.yaml"), f"run_dir={run_dir}", "--no-progress", *MINI,
+                 pipelines])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (distill,) = [json.loads(p.read_text()) for p in run_dir.glob("stages/distill-*/manifest.json")]
+    assert distill["status"] == "done" and distill["config"]["teacher"].endswith("checkpoint")
+    assert (run_dir / "student" / "eval" / "summary.json").exists()
+    assert not (run_dir / "teacher" / "eval").exists()
