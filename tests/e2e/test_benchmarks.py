@@ -1,0 +1,60 @@
+"""The benchmark scripts run and print their JSON (a smoke test: no timing is asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from srlm.tiny import TinySpec, write_tiny_model
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "m",
+                            TinySpec(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64))
+
+
+def run_benchmark(name: str, *args: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_sft_throughput_runs(tiny):
+    out = run_benchmark("sft_throughput.py", "--model", str(tiny), "--steps", "2", "--batch", "4")
+    assert out["tokens_per_s"] > 0 and out["steps"] == 2
+
+
+def test_sft_throughput_runs_packed(tiny):
+    out = run_benchmark("sft_throughput.py", "--model", str(tiny), "--steps", "2", "--batch", "4", "--packing")
+    assert out["tokens_per_s"] > 0 and out["packing"] is True
+
+
+def test_grpo_step_runs(tiny):
+    out = run_benchmark("grpo_step.py", "--model", str(tiny), "--steps", "2")
+    assert out["median_step_s"] > 0
+
+
+def test_generation_runs(tiny):
+    out = run_benchmark("generation.py", "--model", str(tiny), "--prompts", "4", "--max-new-tokens", "8",
+                        "--repeats", "1")
+    assert out
+
+
+def test_grading_runs(tmp_path):
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text("\n".join(json.dumps(c) for c in [
+        {"response": "<think>2+2</think><answer>4</answer>", "gold": "4", "expected": True},
+        {"response": "\\boxed{\\frac12}", "gold": "0.5", "expected": True},
+        {"response": "#### 7", "gold": "8", "expected": False}]) + "\n")
+    out = run_benchmark("grading.py", str(cases))
+    assert out["srlm"]["accuracy"] == 1.0 and out["srlm_hostile"]["cases"] > 0
