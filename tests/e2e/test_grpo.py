@@ -133,11 +133,11 @@ def test_two_process_update_equals_one_process(tiny, tmp_path, aggregation):
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, str(script), str(tiny), str(tmp_path / "one.pt"), aggregation],
-                         capture_output=True, text=True, env=env, timeout=120)
+                         capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_port", str(_free_port()), str(script), str(tiny), str(tmp_path / "two.pt"), aggregation],
-                         capture_output=True, text=True, env=env, timeout=180)
+                         capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     for k in a:

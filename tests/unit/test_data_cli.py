@@ -149,7 +149,7 @@ def test_module_entry_point_on_shared_data() -> None:
     full_cli_main()
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-m", "srlm", "data", "show", "amc23", "--path", str(SHARED_DATA),
-                             "--json"], capture_output=True, text=True, cwd=root, timeout=120)
+                             "--json"], capture_output=True, text=True, cwd=root, timeout=600)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 40 and all(r["answer"] for r in records)

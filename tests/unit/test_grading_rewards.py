@@ -80,7 +80,7 @@ def test_benchmark_controls_rounding_tolerance():
 
 def test_importing_grading_does_not_import_torch():
     code = "import sys, srlm.grading; assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 def test_ordinary_grading_never_loads_sympy():
@@ -89,4 +89,4 @@ def test_ordinary_grading_never_loads_sympy():
             "assert grade('\\\\boxed{\\\\frac{x^2-1}{x-1}}', 'x+1').correct\n"
             "assert grade('#### 1,080', '1080').correct\n"
             "assert 'sympy' not in sys.modules, 'sympy imported'\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

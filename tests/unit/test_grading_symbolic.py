@@ -21,7 +21,7 @@ def test_unknown_latex_goes_to_sympy():
     assert not compare("\\sum_{k=1}^{3} k", "7").equal
 
 
-@pytest.mark.timeout(120)  # a hang guard: the 0.5 s limit below must not wait for sympy
+@pytest.mark.timeout(600)  # a hang guard: the 0.5 s limit below must not wait for sympy
 def test_slow_sympy_is_killed_and_replaced():
     assert symbolic_equal("\\sum_{k=1}^{3} k", "6") is True  # worker up
     before = worker_pid()
@@ -37,7 +37,7 @@ def test_works_from_other_threads():
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=600)
     assert results == [True, True, True]
 
 
