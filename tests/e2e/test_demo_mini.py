@@ -16,6 +16,9 @@ MINI = [
     "sft.steps=4", "sft.batch_size=8", "sft.data.options.n=32",
     "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.group_size=4", "grpo.max_new_tokens=24",
     "grpo.data.options.n=16", "grpo.save_every=1",
+    # KD on the synthetic set's own reference traces: an untrained teacher would get nothing right
+    # (tests/e2e/test_kd_teacher.py covers a teacher pipeline).
+    "kd.teacher=null", "kd.steps=4", "kd.batch_size=8", "kd.data.options.n=32",
     "eval.benchmarks=[{name: synthetic, split: test, options: {n: 12}}]", "eval.max_new_tokens=24", "eval.n=2",
 ]
 
@@ -28,22 +31,27 @@ def test_mini_demo_runs_every_stage(tmp_path, capsys):
     assert code == 0, out
     assert (run_dir / "report.md").exists()
     report = (run_dir / "report.md").read_text()
-    for label in ("tiny base", "base + SFT", "base + SFT + RL"):
-        assert label in report and label in out
+    labels = ["tiny base", "tiny instruct"] + [f"{start} + {method}" for start in ("base", "instruct")
+                                               for method in ("SFT", "SFT (LoRA)", "KD", "RL", "SFT + RL", "KD + RL")]
+    for label in labels:
+        assert f"| {label} |" in report and label in out
     manifests = [json.loads(p.read_text()) for p in run_dir.glob("stages/*/manifest.json")]
-    assert sorted(m["kind"] for m in manifests) == ["grpo", "pretrain", "sft"]  # shared prefixes ran once
+    kinds = [m["kind"] for m in manifests]  # shared prefixes ran once: 14 pipelines, 14 stages
+    assert {k: kinds.count(k) for k in set(kinds)} == {"pretrain": 1, "sft": 5, "kd": 2, "grpo": 6}
     for m in manifests:
         assert m["status"] == "done"
         assert Path(m["output"]["checkpoint"], "config.json").exists()
         assert m["cost"]["wall_seconds"] > 0
         metrics = (Path(m["dir"]) / "metrics.jsonl").read_text().splitlines()
         assert len(metrics) == m["config"]["steps"]
+    lora = [m for m in manifests if m["config"].get("lora", {}).get("enabled")]
+    assert len(lora) == 2 and all(Path(m["output"]["checkpoint"], "adapter").exists() for m in lora)
     grpo = next(m for m in manifests if m["kind"] == "grpo")
     last = json.loads((Path(grpo["dir"]) / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("reward", "accuracy", "format_rate", "kl", "entropy", "clip_fraction", "completion_len_mean",
                 "truncation_rate", "zero_var_groups", "grad_norm", "seconds/generate", "seconds/train"):
         assert key in last
-    for name in ("base", "sft", "sft_rl"):
+    for name in ("base", "instruct", "base_sft", "instruct_kd_rl"):
         summary = json.loads((run_dir / name / "eval" / "summary.json").read_text())
         bench = summary["benchmarks"]["synthetic"]
         assert bench["n_problems"] == 12

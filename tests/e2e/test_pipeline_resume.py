@@ -29,11 +29,11 @@ def test_kill_during_second_pipeline_then_resume(tmp_path):
     run_dir = tmp_path / "run"
     # SFT slow enough (many small steps, a resume checkpoint every 2) to be killed in the middle of it
     args = [sys.executable, "-m", "srlm", "run", str(ROOT / "configs" / "demo.yaml"), f"run_dir={run_dir}",
-            "--no-progress", *MINI, "sft.steps=16", "sft.save_every=2"]
+            "--no-progress", *MINI, "sft.steps=16", "sft.save_every=2", "--only", "base,base_sft,base_sft_rl"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
-    deadline = time.time() + 240
+    deadline = time.time() + 900
     try:
         while time.time() < deadline:
             sft = [m for n, m in _manifests(run_dir).items() if n.startswith("sft-")]
@@ -54,7 +54,7 @@ def test_kill_during_second_pipeline_then_resume(tmp_path):
     assert sft_before["status"] == "running"
     assert (run_dir / "base" / "pipeline.json").exists()
 
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     after = _manifests(run_dir)
     pre_after = next(m for n, m in after.items() if n.startswith("pretrain-"))

@@ -5,11 +5,17 @@ from __future__ import annotations
 from importlib import resources
 
 # `--quick`: the same study, smaller everywhere (a smaller model, fewer steps, a smaller test set), for a
-# first look in about three minutes. The numbers it prints are noisier; the full demo is the reference.
+# first look in about three minutes. Its numbers are much noisier; the full demo is the reference.
 QUICK = [
     "run_dir=runs/demo-quick",
-    "pretrain.steps=500", "sft.steps=80", "grpo.steps=10",
-    "eval.benchmarks=[{name: synthetic, split: test, options: {n: 150, seed: 0}}]", "eval.n=2",
+    "model.tiny={hidden: 64, layers: 2, heads: 2, kv_heads: 1, intermediate: 256, seed: 0}",
+    "pretrain.steps=300", "pretrain.lr=3.0e-3",
+    "sft.steps=40", "sft.lr=2.0e-3",
+    "kd.steps=40", "kd.lr=2.0e-3", "kd.data.options.n=150", "kd.teacher_samples=4",
+    "grpo.steps=4",
+    "eval.benchmarks=[{name: synthetic, split: test, options: {n: 100, seed: 0}}]", "eval.n=1",
+    "pipelines.instruct.stages=[{kind: sft, prompt: bare, completion: solution, steps: 30, lr: 2.0e-3, "
+    "data: {name: synthetic, split: train, options: {n: 2000, seed: 3}}}]",
 ]
 
 
@@ -19,11 +25,12 @@ def demo_config_path():
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="train and evaluate the tiny model end to end on CPU (minutes)",
-                       description="Builds the tiny model, pre-trains it, fine-tunes it (SFT), runs GRPO, "
-                                   "evaluates each checkpoint and writes RUN/report.md. Same as "
-                                   "`srlm run configs/demo.yaml`.")
+                       description="A miniature of the paper's study: builds the tiny model, pre-trains it "
+                                   "into a base model, tunes an 'instruct' copy, trains each with SFT, SFT (LoRA), "
+                                   "KD, RL, SFT+RL and KD+RL, evaluates all of them and writes RUN/report.md. "
+                                   "Same as `srlm run configs/demo.yaml`.")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. run_dir=/tmp/demo")
-    p.add_argument("--quick", action="store_true", help="fewer steps and a smaller test set (a first look)")
+    p.add_argument("--quick", action="store_true", help="a smaller model, fewer steps and a smaller test set (a first look, ~3 minutes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
