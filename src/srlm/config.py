@@ -76,6 +76,11 @@ class LoraConfig(Strict):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Module names that get adapters.",
     )
+    trainable_tokens: list[str] = Field(
+        default_factory=list,
+        description="Tokens whose embedding rows (and tied output rows) train with the adapters, e.g. "
+                    "special tokens the base model never saw; LoRA on the linear layers alone cannot "
+                    "learn to emit them.")
 
 
 class OptimConfig(Strict):

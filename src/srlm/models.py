@@ -116,8 +116,9 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def apply_lora(model, lora_cfg):
-    """Wrap `model` with trainable LoRA adapters; every base weight is frozen."""
+def apply_lora(model, lora_cfg, tokenizer=None):
+    """Wrap `model` with trainable LoRA adapters; every base weight is frozen, except the embedding rows
+    of `lora_cfg.trainable_tokens` (peft's trainable tokens, tied output rows included)."""
     from peft import LoraConfig, get_peft_model
 
     present = {name.split(".")[-1] for name, _ in model.named_modules()}
@@ -125,8 +126,15 @@ def apply_lora(model, lora_cfg):
     if not targets:
         raise UserError(f"lora.target_modules {lora_cfg.target_modules} match no module of this model; "
                         f"some module names: {sorted(present)[:12]}")
+    token_ids = None
+    if lora_cfg.trainable_tokens:
+        vocab = tokenizer.get_vocab() if tokenizer is not None else {}
+        unknown = [t for t in lora_cfg.trainable_tokens if t not in vocab]
+        if unknown:
+            raise UserError(f"lora.trainable_tokens: {unknown} are not single tokens of this tokenizer")
+        token_ids = [vocab[t] for t in lora_cfg.trainable_tokens]
     cfg = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                     target_modules=targets, task_type="CAUSAL_LM")
+                     target_modules=targets, trainable_token_indices=token_ids, task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
 
 
@@ -144,8 +152,10 @@ def hf_weights(model):
         return
     model.merge_adapter()
     try:
-        yield [(name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor)
-               for name, tensor in model.state_dict().items() if ".lora_" not in name]
+        yield [(name.removeprefix("base_model.model.").replace(".token_adapter.base_layer.", ".")
+                .replace(".base_layer.", "."), tensor)
+               for name, tensor in model.state_dict().items()
+               if ".lora_" not in name and "trainable_tokens_delta" not in name]
     finally:
         model.unmerge_adapter()
 

@@ -179,7 +179,8 @@ def test_an_engine_with_its_own_weights_gets_the_policy_after_every_update(tiny,
 
     monkeypatch.setattr(vllm_engine, "VLLMEngine", _EngineWithOwnWeights)
     _EngineWithOwnWeights.instances.clear()
-    cfg = _cfg(steps=3, rewards=[variety_reward], engine="vllm", lora={"enabled": lora, "r": 4})
+    cfg = _cfg(steps=3, rewards=[variety_reward], engine="vllm",
+               lora={"enabled": lora, "r": 4, "trainable_tokens": ["<think>", "<answer>"] if lora else []})
     m = run_stage("grpo", cfg, tiny, "tiny", tmp_path, torch.device("cpu"), progress=False)
     assert m["status"] == "done", m
     (engine,) = _EngineWithOwnWeights.instances

@@ -197,3 +197,23 @@ def test_packed_sft_trains_like_padded_sft(tmp_path, model_dir):
     assert [m["loss"] for m in packed] == pytest.approx([m["loss"] for m in padded], rel=1e-4)
     assert [m["tokens"] for m in packed] == [m["tokens"] for m in padded]
     assert_same_weights(tmp_path / "False" / "checkpoint", tmp_path / "True" / "checkpoint", atol=1e-4)
+
+
+def test_lora_with_trainable_tokens_changes_only_those_rows(tmp_path, model_dir):
+    """`lora.trainable_tokens`: the tags' embedding rows (tied to the output) train with the adapters; every
+    other row stays; the merged checkpoint equals the adapter model."""
+    from srlm.models import load_model
+    from srlm.train.sft import run_sft
+
+    tags = ["<think>", "</think>", "<answer>", "</answer>"]
+    cfg = sft_cfg(steps=3, lr=1e-2, lora=LoraConfig(enabled=True, r=4, alpha=8, trainable_tokens=tags))
+    run_sft(cfg, model_dir, tmp_path / "tt", torch.device("cpu"), progress=False)
+    before, after = weights(model_dir), weights(tmp_path / "tt" / "checkpoint")
+    _, tok = load_model(model_dir, torch.device("cpu"), "float32")
+    tag_ids = tok.convert_tokens_to_ids(tags)
+    changed_rows = (before["model.embed_tokens.weight"] != after["model.embed_tokens.weight"]).any(dim=1)
+    assert set(changed_rows.nonzero().flatten().tolist()) == set(tag_ids)
+
+    with pytest.raises(Exception, match="not single tokens"):
+        run_sft(sft_cfg(steps=1, lora=LoraConfig(enabled=True, trainable_tokens=["<nope>"])), model_dir,
+                tmp_path / "bad", torch.device("cpu"), progress=False)

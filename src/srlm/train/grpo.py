@@ -93,7 +93,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
     model, tok = load_model(model_dir, device, dtype="float32")
     ref_model = None
     if cfg.lora.enabled:
-        model = apply_lora(model, cfg.lora)
+        model = apply_lora(model, cfg.lora, tok)
     elif cfg.beta > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     if cfg.gradient_checkpointing:

@@ -146,7 +146,7 @@ def run_kd(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress: 
     records = load_stage_records(cfg.data)
     kept, report = filter_by_length(kd_examples(tok, records, cfg.prompt, cfg.loss_on), cfg.max_length)
     if cfg.lora.enabled:
-        model = apply_lora(model, cfg.lora)
+        model = apply_lora(model, cfg.lora, tok)
     rollout = None
     if cfg.on_policy > 0:
         from srlm.train.loop import init_distributed

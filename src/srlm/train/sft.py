@@ -101,7 +101,7 @@ def run_sft(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress:
     examples = sft_examples(tok, records, cfg.prompt, cfg.loss_on, getattr(cfg, "completion", "tags"))
     kept, report = filter_by_length(examples, cfg.max_length)
     if cfg.lora.enabled:
-        model = apply_lora(model, cfg.lora)
+        model = apply_lora(model, cfg.lora, tok)
     summary = train_supervised(model, tok, kept, cfg, out_dir, device, progress, desc="sft")
     summary["data"] = {"n_records": len(records), "n_too_long": report.n_too_long, "n_examples": len(kept)}
     return summary
