@@ -11,14 +11,22 @@ from test_demo_mini import MINI, ROOT
 pytestmark = pytest.mark.e2e
 
 
+def run_with_teacher(run_dir, teacher_fields: str, student_stage: str, *extra: str) -> int:
+    """`srlm run` of the mini demo with three pipelines: base, a teacher (base + SFT) and a student whose
+    one stage (`student_stage`, a YAML mapping) learns from that teacher; `teacher_fields` is appended to
+    the teacher pipeline's mapping."""
+    pipelines = ("pipelines={base: {stages: [{kind: pretrain}]}, "
+                 f"teacher: {{extends: base, stages: [{{kind: sft}}]{teacher_fields}}}, "
+                 f"student: {{extends: base, stages: [{student_stage}]}}}}")
+    return main(["run", str(ROOT / "configs" / "demo.yaml"), f"run_dir={run_dir}", "--no-progress", *MINI,
+                 pipelines, *extra])
+
+
 def test_kd_from_a_teacher_pipeline(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    pipelines = ("pipelines={base: {stages: [{kind: pretrain}]}, "
-                 "teacher: {extends: base, stages: [{kind: sft}]}, "
-                 "student: {extends: base, stages: [{kind: kd, teacher: teacher, teacher_samples: 2, "
-                 "teacher_max_new_tokens: 16, data: {name: synthetic, options: {n: 6}}}]}}")
-    code = main(["run", str(ROOT / "configs" / "demo.yaml"), f"run_dir={run_dir}", "--no-progress", *MINI,
-                 pipelines, "--only", "student"])
+    code = run_with_teacher(run_dir, "", "{kind: kd, teacher: teacher, teacher_samples: 2, "
+                            "teacher_max_new_tokens: 16, data: {name: synthetic, options: {n: 6}}}",
+                            "--only", "student")
     out = capsys.readouterr().out
     assert code == 1, out  # an untrained tiny teacher answers nothing correctly
     student = json.loads((run_dir / "student" / "pipeline.json").read_text())
@@ -33,12 +41,9 @@ def test_kd_from_a_teacher_pipeline(tmp_path, capsys):
 
 def test_logit_distillation_stage_from_a_teacher_pipeline(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    pipelines = ("pipelines={base: {stages: [{kind: pretrain}]}, "
-                 "teacher: {extends: base, stages: [{kind: sft}], evaluate: false}, "
-                 "student: {extends: base, stages: [{kind: distill, teacher: teacher, steps: 3, batch_size: 4, "
-                 "prompt: tags_brief, data: {name: synthetic, options: {n: 12}}}]}}")
-    code = main(["run", str(ROOT / "configs" / "demo.yaml"), f"run_dir={run_dir}", "--no-progress", *MINI,
-                 pipelines])
+    code = run_with_teacher(run_dir, ", evaluate: false",
+                            "{kind: distill, teacher: teacher, steps: 3, batch_size: 4, prompt: tags_brief, "
+                            "data: {name: synthetic, options: {n: 12}}}")
     out = capsys.readouterr().out
     assert code == 0, out
     (distill,) = [json.loads(p.read_text()) for p in run_dir.glob("stages/distill-*/manifest.json")]
