@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     _srlm_grade("\\boxed{1}", "1")  # import and warm up outside the timed loop
     report = {"srlm": measure(_srlm_grade, cases)}
     # The worst case: the test suite's hostile responses (megabyte inputs, power towers, deep nesting).
-    report["srlm_hostile"] = measure(_srlm_grade, [(r, g, None) for r in hostile_responses() for g in ("42", "\\frac{1}{2}")])
+    hostile = [(r, gold, None) for r in hostile_responses() for gold in ("42", "\\frac{1}{2}")]
+    report["srlm_hostile"] = measure(_srlm_grade, hostile)
     if args.math_verify:
         _math_verify_grade("\\boxed{1}", "1")
         report["math_verify"] = measure(_math_verify_grade, cases)

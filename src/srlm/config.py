@@ -240,7 +240,6 @@ class EvalConfig(Strict):
     seed: int = Field(0, description="Sampling seed.")
 
 
-StageKind = Literal["pretrain", "sft", "kd", "grpo"]
 STAGE_CONFIGS: dict[str, type[OptimConfig]] = {
     "pretrain": PretrainConfig,
     "sft": SFTConfig,

@@ -128,7 +128,9 @@ def apply_lora(model, lora_cfg, tokenizer=None):
                         f"some module names: {sorted(present)[:12]}")
     token_ids = None
     if lora_cfg.trainable_tokens:
-        vocab = tokenizer.get_vocab() if tokenizer is not None else {}
+        if tokenizer is None:
+            raise ValueError("apply_lora needs the tokenizer to resolve lora.trainable_tokens")
+        vocab = tokenizer.get_vocab()
         unknown = [t for t in lora_cfg.trainable_tokens if t not in vocab]
         if unknown:
             raise UserError(f"lora.trainable_tokens: {unknown} are not single tokens of this tokenizer")

@@ -113,8 +113,7 @@ def run_seq_kd(cfg, model_dir: Path, out_dir: Path, device: torch.device, progre
     (`kd.generate_traces`, resumable), then the student is fine-tuned on them."""
     if not getattr(cfg, "teacher", None):
         return run_sft(cfg, model_dir, out_dir, device, progress)
-    import json
-
+    from srlm.data.jsonl import json_objects
     from srlm.train.kd import generate_traces
 
     traces = Path(out_dir) / "teacher_traces.jsonl"
@@ -122,7 +121,7 @@ def run_seq_kd(cfg, model_dir: Path, out_dir: Path, device: torch.device, progre
                              samples=cfg.teacher_samples, prompt=cfg.prompt,
                              max_new_tokens=cfg.teacher_max_new_tokens, temperature=cfg.teacher_temperature,
                              seed=cfg.seed, progress=progress)
-    records = [json.loads(line) for line in traces.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [record for record, _ in json_objects(traces)]
     if not records:
         raise UserError(f"the teacher {cfg.teacher} wrote no correct trace for {cfg.data.name}; "
                         f"a stronger teacher or more teacher_samples is needed")
