@@ -178,6 +178,12 @@ class CollapseGuardConfig(Strict):
         2.5, gt=0, description="Collapse when mean token entropy (nats) exceeds this and..."
     )
     entropy_rise: float = Field(1.0, ge=0, description="...has risen this much above its first-window average.")
+    min_entropy: float = Field(
+        0.02, ge=0, description="Collapse when mean token entropy (nats) falls below this (a frozen policy) and..."
+    )
+    reward_drop: float = Field(
+        0.3, gt=0, description="...the reward's moving average is at least this far below its best."
+    )
 
 
 class GRPOConfig(OptimConfig):

@@ -39,10 +39,10 @@ def _cfg(**kw):
 
 
 def test_unstable_learning_rate_ends_collapsed_not_crashed(tiny, tmp_path, variety_reward):
-    cfg = _cfg(lr=1.0, rewards=[variety_reward], collapse={"window": 2})  # ~1000x a sane rate
+    cfg = _cfg(lr=1.0, steps=10, rewards=[variety_reward], collapse={"window": 2})  # ~1000x a sane rate
     m = run_stage("grpo", cfg, tiny, "tiny", tmp_path, torch.device("cpu"), progress=False)
     assert m["status"] == "collapsed", m
-    assert m["reason"] and "non-finite" in m["reason"] or "entropy" in m["reason"] or "format" in m["reason"]
+    assert any(s in m["reason"] for s in ("non-finite", "entropy", "format")), m["reason"]
     saved = json.loads(Path(m["dir"], "manifest.json").read_text())
     assert saved["status"] == "collapsed" and saved["reason"] == m["reason"]
     # the last good weights are kept: finite, loadable, equal to the start (no resume checkpoint was taken)

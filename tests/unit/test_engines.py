@@ -58,8 +58,9 @@ def reference_greedy(model, tok, prompts, max_new, stops):
     return rows
 
 
+@pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("batch_size", [3, 16])
-def test_hf_greedy_equals_model_generate(tiny, batch_size):
+def test_hf_greedy_equals_model_generate(tiny, batch_size, lean):
     model, tok = tiny
     prompts = encode(tok, PROMPTS)
     free = reference_greedy(model, tok, prompts, 24, [tok.eos_token_id])
@@ -67,9 +68,13 @@ def test_hf_greedy_equals_model_generate(tiny, batch_size):
     stops = sorted({tok.eos_token_id, free[0][5], free[1][9]})
     want = reference_greedy(model, tok, prompts, 24, stops)
     assert len({len(w) for w in want}) > 2, "the test model should stop at different lengths"
-    engine = HFEngine(model, tok, batch_size=batch_size)  # 3 < 7 prompts: rows join a running batch
+    engine = HFEngine(model, tok, batch_size=batch_size, lean=lean)  # 3 < 7 prompts: rows join a running batch
     got = engine.generate(prompts, SamplingParams(max_new_tokens=24, temperature=0.0, stop_token_ids=tuple(stops)))
     assert [g[0].token_ids for g in got] == want
+    # n samples of a prompt share its prefill: greedy, every copy is the reference
+    twice = engine.generate(prompts, SamplingParams(max_new_tokens=24, temperature=0.0, n=2,
+                                                    stop_token_ids=tuple(stops)))
+    assert [[c.token_ids for c in g] for g in twice] == [[w, w] for w in want]
     for g, w in zip(got, want):
         assert g[0].finish_reason == ("stop" if w[-1] in stops else "length")
         assert g[0].text == tok.decode(w, skip_special_tokens=True)

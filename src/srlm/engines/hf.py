@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from srlm.engines.base import Completion, SamplingParams, prompt_seeds
+from srlm.engines.lean import LeanForward, LeanLayerCache, lean_unsupported
 
 
 @dataclass
@@ -60,11 +61,13 @@ def _layers(cache) -> list:
 
 
 def _mergeable(cache) -> bool:
-    """Caches we know how to left-pad and concatenate: transformers' plain (non-sliding) dynamic layers."""
+    """Caches we know how to left-pad and concatenate: the lean forward's, and transformers' plain
+    (non-sliding) dynamic layers."""
     from transformers.cache_utils import DynamicLayer
 
     layers = _layers(cache)
-    return bool(layers) and all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers)
+    return bool(layers) and all(type(layer) in (DynamicLayer, LeanLayerCache) and layer.is_initialized
+                                for layer in layers)
 
 
 def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -109,12 +112,17 @@ class HFEngine:
 
     `refill` is the fraction of `batch_size` that must be free before waiting sequences join the running
     batch: joining costs a prefill call and a copy of the cache, so it is worth doing for several at once.
+    `lean` decodes Llama-family models with `srlm.engines.lean` (same function, several times faster on
+    small models); other models, or `lean=False`, use the transformers forward.
     """
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, progress: bool = False, refill: float = 0.25):
+    def __init__(self, model, tokenizer, batch_size: int = 64, progress: bool = False, refill: float = 0.25,
+                 lean: bool = True):
         self.model = model
+        self.lean = lean
+        self._lean: LeanForward | None = None  # built per generate call: it reads the current weights
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
@@ -165,9 +173,11 @@ class HFEngine:
 
         was_training = self.model.training
         self.model.eval()
+        self._lean = LeanForward(self.model) if self.lean and lean_unsupported(self.model) is None else None
         try:
             self._decode(prompts, deque(rows), sampling, self._stops(sampling), finish)
         finally:
+            self._lean = None
             if was_training:
                 self.model.train()
             if bar:
@@ -189,6 +199,8 @@ class HFEngine:
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         """Logits of the last position [B, V]. Only that position goes through the output layer: a prefill
         of 64 prompts x 500 tokens x a 151k vocabulary would otherwise materialise 19 GB of logits."""
+        if self._lean is not None:
+            return self._lean(ids, mask, positions, cache)
         kwargs = {"logits_to_keep": 1} if self._keep_arg else {}
         try:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
@@ -201,19 +213,29 @@ class HFEngine:
         return out.logits[:, -1, :]
 
     def _prefill(self, prompts: list[list[int]], rows: list[_Row]) -> _Batch:
+        """A batch for `rows` (the prompt of each given in `prompts`) with its first logits. Rows that share
+        a prompt (the n samples of one question) share its prefill: each distinct prompt is run once and
+        its cache rows copied, so GRPO's groups of 8 cost one prompt forward, not eight."""
         from transformers import DynamicCache
 
         device = self.device
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)  # [B, W]
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)  # [B, W]
-        for r, p in enumerate(prompts):  # left padding: every row's next token is at the same column
+        distinct: dict[tuple[int, ...], int] = {}
+        copy_of = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]  # row -> distinct prompt
+        unique = list(distinct)
+        width = max(len(p) for p in unique)
+        ids = torch.full((len(unique), width), self.pad_id, dtype=torch.long)  # [U, W]
+        mask = torch.zeros((len(unique), width), dtype=torch.long)  # [U, W]
+        for r, p in enumerate(unique):  # left padding: every row's next token is at the same column
             ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[r, width - len(p):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, W]
-        cache = DynamicCache()
-        logits = self._forward(ids, mask, positions, cache)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [U, W]
+        cache = self._lean.new_cache() if self._lean is not None else DynamicCache()
+        logits = self._forward(ids, mask, positions, cache)  # [U, V]
+        if len(unique) < len(prompts):
+            idx = torch.tensor(copy_of, device=device)  # [B]
+            cache.batch_select_indices(idx)
+            mask, positions, logits = mask[idx], positions[idx], logits[idx]
         return _Batch(cache, mask, positions[:, -1:] + 1, rows, logits)
 
     @torch.inference_mode()

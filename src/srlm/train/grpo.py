@@ -31,10 +31,12 @@ from srlm.grading.rewards import REWARDS
 from srlm.grading import grade
 from srlm.models import apply_lora, hf_weights, is_peft, load_model, save_model
 from srlm.train.loop import (
-    MetricsLog, Timer, all_reduce_sum, broadcast_parameters, clip_and_step, init_distributed,
-    load_resume_checkpoint, make_optimizer, make_scheduler, progress_bar, save_resume_checkpoint, sum_gradients,
+    MetricsLog, Timer, all_reduce_sum, broadcast_parameters, clip_and_step, enable_gradient_checkpointing,
+    init_distributed, load_resume_checkpoint, make_optimizer, make_scheduler, progress_bar, save_resume_checkpoint,
+    sum_gradients,
 )
-from srlm.train.losses import AGGREGATIONS, group_advantages, grpo_loss, token_entropy, token_logprobs
+from srlm.train.losses import AGGREGATIONS, group_advantages, grpo_loss
+from srlm.train.rollout_batch import completion_logprobs, pad_rollouts
 from srlm.train.sft import load_stage_records
 
 class Collapsed(Exception):
@@ -42,18 +44,22 @@ class Collapsed(Exception):
 
 
 class CollapseGuard:
-    """Watches the loss and moving averages of format rate and entropy for the signs of RL collapse:
-    a non-finite loss, the format rate falling to near zero from well above, or the token entropy
-    blowing up (the policy turning into noise) relative to where the stage started."""
+    """Watches the loss and moving averages of reward, format rate and entropy for the signs of RL
+    collapse: a non-finite loss, the format rate falling to near zero from well above, the token entropy
+    blowing up (the policy turning into noise) relative to where the stage started, or the entropy
+    vanishing while the reward falls (the policy frozen on a bad answer: every group then has equal
+    rewards, so nothing can pull it back)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.format = deque(maxlen=cfg.window)
         self.entropy = deque(maxlen=cfg.window)
+        self.reward = deque(maxlen=cfg.window)
         self.best_format = 0.0
+        self.best_reward = -math.inf
         self.start_entropy: float | None = None
 
-    def check(self, loss: float, format_rate: float, entropy: float) -> str | None:
+    def check(self, loss: float, format_rate: float, entropy: float, reward: float) -> str | None:
         """The reason to stop, or None while training looks healthy."""
         if not (math.isfinite(loss) and math.isfinite(entropy)):
             return f"non-finite loss or entropy (loss {loss}, entropy {entropy})"
@@ -61,10 +67,13 @@ class CollapseGuard:
             return None
         self.format.append(format_rate)
         self.entropy.append(entropy)
+        self.reward.append(reward)
         if len(self.format) < self.cfg.window:
             return None
         f_avg = sum(self.format) / len(self.format)
         e_avg = sum(self.entropy) / len(self.entropy)
+        r_avg = sum(self.reward) / len(self.reward)
+        self.best_reward = max(self.best_reward, r_avg)
         if self.start_entropy is None:
             self.start_entropy = e_avg
         self.best_format = max(self.best_format, f_avg)
@@ -73,6 +82,9 @@ class CollapseGuard:
                     f"from {self.best_format:.2f}")
         if e_avg > max(self.cfg.max_entropy, self.start_entropy + self.cfg.entropy_rise):
             return f"token entropy rose to {e_avg:.2f} nats from {self.start_entropy:.2f}"
+        if e_avg < self.cfg.min_entropy and self.best_reward - r_avg >= self.cfg.reward_drop:
+            return (f"token entropy fell to {e_avg:.3f} nats while the reward fell to {r_avg:.2f} "
+                    f"from {self.best_reward:.2f} (moving averages over {len(self.reward)} steps)")
         return None
 
 
@@ -97,7 +109,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
     elif cfg.beta > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(model)
     model.train()
     broadcast_parameters(model, d)
 
@@ -160,7 +172,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
             bar.set_postfix(reward=f"{last['reward']:.2f}", acc=f"{last['accuracy']:.2f}",
                             fmt=f"{last['format_rate']:.2f}", kl=f"{last['kl']:.3f}")
             bar.update(1)
-            why = guard.check(last["loss"], last["format_rate"], last["entropy"])
+            why = guard.check(last["loss"], last["format_rate"], last["entropy"], last["reward"])
             if why:
                 raise Collapsed(why)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps and d.main:
@@ -276,35 +288,6 @@ def _rollout_metrics(per_reward, rewards, grades, completions, group_size: int, 
     return out
 
 
-def _pad_sequences(seqs, pad_id: int, device, mask_truncated: bool = False):
-    """Right-padded prompt+completion ids [B, L], attention mask [B, L], completion mask [B, L-1].
-
-    With `mask_truncated`, a completion cut by the length limit gets an all-zero completion mask: no
-    gradient, since its reward judges an answer it never got to write.
-    """
-    width = max(len(p) + len(c.token_ids) for p, c in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    comp = torch.zeros((len(seqs), width - 1))
-    for b, (p, c) in enumerate(seqs):
-        full = list(p) + list(c.token_ids)
-        ids[b, :len(full)] = torch.tensor(full)
-        attn[b, :len(full)] = 1
-        if not (mask_truncated and c.truncated):
-            comp[b, len(p) - 1:len(full) - 1] = 1.0  # position t predicts token t+1
-    return ids.to(device), attn.to(device), comp.to(device)
-
-
-def _policy_logprobs(model, ids, attn, temperature: float, use_bf16: bool, with_entropy: bool = False):
-    """log pi(next token) at every position [B, L-1] (and the entropy there when asked)."""
-    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1, :]  # [B, L-1, V]
-    t = temperature if temperature > 0 else 1.0  # pi_old is the tempered sampling distribution
-    logp = token_logprobs(logits, ids[:, 1:], temperature=t)  # [B, L-1]
-    ent = token_entropy(logits.detach(), temperature=t) if with_entropy else None
-    return logp, ent
-
-
 def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int, d, use_bf16: bool) -> dict:
     """`mu` passes of GRPO updates over this process's sequences; returns the step's statistics.
 
@@ -316,18 +299,18 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
     micro = cfg.micro_batch_size
     n_local = len(seqs)
     chunks = [list(range(s, min(s + micro, n_local))) for s in range(0, n_local, micro)]
-    padded = [_pad_sequences([seqs[i] for i in ch], pad_id, device, cfg.mask_truncated) for ch in chunks]
+    padded = [pad_rollouts([seqs[i] for i in ch], pad_id, cfg.mask_truncated).to(device) for ch in chunks]
     minibatch = cfg.minibatch_size or cfg.prompts_per_step * cfg.group_size  # global sequences per update
     local_mb = minibatch // d.world
     need_old = cfg.mu > 1 or local_mb < n_local
     old_logps, ref_logps = [], []
     with torch.no_grad():
-        for ids, attn, _ in padded:
-            old_logps.append(_policy_logprobs(model, ids, attn, cfg.temperature, use_bf16)[0] if need_old else None)
+        for batch in padded:
+            old_logps.append(completion_logprobs(model, batch, cfg.temperature, use_bf16)[0] if need_old else None)
             ref = None
             if cfg.beta > 0:
                 with (model.disable_adapter() if is_peft(model) else nullcontext()):
-                    ref = _policy_logprobs(ref_model or model, ids, attn, cfg.temperature, use_bf16)[0]
+                    ref = completion_logprobs(ref_model or model, batch, cfg.temperature, use_bf16)[0]
             ref_logps.append(ref)
     totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0}
     n_updates, n_tok = 0, 0.0
@@ -335,11 +318,11 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
         for mb_start in range(0, n_local, local_mb):
             mb_chunks = [k for k, ch in enumerate(chunks) if mb_start <= ch[0] < mb_start + local_mb]
             # the whole minibatch's counts, over every process, normalise each micro-batch's loss
-            n_tokens = all_reduce_sum(float(sum(padded[k][2].sum() for k in mb_chunks)), d)
+            n_tokens = all_reduce_sum(float(sum(padded[k].loss_mask.sum() for k in mb_chunks)), d)
             loss_total = 0.0
             for k in mb_chunks:
-                ids, attn, comp = padded[k]
-                logp, ent = _policy_logprobs(model, ids, attn, cfg.temperature, use_bf16, with_entropy=True)
+                comp = padded[k].loss_mask  # [b, Lc]
+                logp, ent = completion_logprobs(model, padded[k], cfg.temperature, use_bf16, with_entropy=True)
                 old = old_logps[k] if old_logps[k] is not None else logp.detach()
                 loss, st = grpo_loss(logp, old, advantages[chunks[k]].to(device), comp, ref_logp=ref_logps[k],
                                      beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,

@@ -108,6 +108,12 @@ def enable_gradient_checkpointing(model) -> None:
         model.config.use_cache = False
 
 
+def is_checkpointing(model) -> bool:
+    """Whether activation (gradient) checkpointing is on, asked without transformers' deprecation warning."""
+    flag = getattr(model, "is_activation_checkpointing", None)
+    return bool(flag if flag is not None else getattr(model, "is_gradient_checkpointing", False))
+
+
 def compile_requested(cfg) -> bool:
     """`torch.compile` of the decoder layers, when the config has `compile: true` or `SRLM_COMPILE=1`."""
     return bool(getattr(cfg, "compile", False)) or os.environ.get("SRLM_COMPILE", "0") == "1"

@@ -1,0 +1,205 @@
+"""A lean forward pass for decoding with Llama-family models (Qwen2, Qwen3, Llama, Mistral without a
+sliding window), used by the HF engine in place of the transformers forward when the model qualifies.
+
+Why: at decode time a small model's step is a handful of small matrix products, and the transformers
+module stack (per-layer Python, mask building, a KV cache that is concatenated anew at every token)
+costs several times the arithmetic. This computes the same function from the same live weights with
+fused q/k/v and gate/up projections (fewer, larger products), grouped-query attention that never
+repeats keys, and a KV cache with spare capacity that tokens are written into. It reads the weights at
+construction, so an engine builds one per `generate` call and always decodes the current policy.
+
+Anything it does not recognise (another architecture, sliding windows, other activations, peft
+wrappers) is reported by `lean_unsupported` and the engine keeps the transformers forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_TYPES = ("qwen2", "qwen3", "llama", "mistral")
+
+
+def lean_unsupported(model) -> str | None:
+    """Why `model` cannot use the lean forward, or None when it can."""
+    cfg = getattr(model, "config", None)
+    kind = getattr(cfg, "model_type", None)
+    if kind not in SUPPORTED_TYPES:
+        return f"model type {kind!r} is not one of {SUPPORTED_TYPES}"
+    if not hasattr(model, "model") or not hasattr(model.model, "layers") or not hasattr(model, "lm_head"):
+        return "not a plain transformers causal LM (a peft wrapper, say)"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act!r}"
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return "sliding-window layers"
+    window = getattr(cfg, "sliding_window", None)
+    if kind == "mistral" and window is not None and window < cfg.max_position_embeddings:
+        return "sliding-window attention"
+    if getattr(cfg, "mlp_bias", False):
+        return "MLP biases"
+    attn = model.model.layers[0].self_attn
+    if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling", "head_dim")):
+        return "unrecognised attention module"
+    return None
+
+
+class LeanLayerCache:
+    """Keys and values of one layer, [B, Hkv, W, D], in a buffer with spare columns so that appending a
+    token writes in place instead of copying the whole cache. `keys` / `values` are views of the filled
+    part; assigning them (the engine's merge and trim) replaces the buffer."""
+
+    def __init__(self):
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self.width = 0
+
+    @property
+    def is_initialized(self) -> bool:
+        return self._k is not None
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._k[:, :, :self.width]
+
+    @keys.setter
+    def keys(self, value: torch.Tensor) -> None:
+        self._k, self.width = value, value.shape[2]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._v[:, :, :self.width]
+
+    @values.setter
+    def values(self, value: torch.Tensor) -> None:
+        self._v = value
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add S new columns (k, v: [B, Hkv, S, D]); the filled keys and values after them."""
+        s = k.shape[2]
+        if self._k is None or self.width + s > self._k.shape[2]:
+            capacity = self.width + s + max(64, self.width)  # doubling: amortised O(1) copies per token
+            shape = (k.shape[0], k.shape[1], capacity, k.shape[3])
+            new_k, new_v = k.new_empty(shape), v.new_empty(shape)
+            if self._k is not None:
+                new_k[:, :, :self.width] = self.keys
+                new_v[:, :, :self.width] = self.values
+            self._k, self._v = new_k, new_v
+        self._k[:, :, self.width:self.width + s] = k
+        self._v[:, :, self.width:self.width + s] = v
+        self.width += s
+        return self.keys, self.values
+
+
+class LeanCache:
+    """A KV cache for `LeanForward`, with the parts of transformers' cache API the engine uses."""
+
+    def __init__(self, n_layers: int):
+        self.layers = [LeanLayerCache() for _ in range(n_layers)]
+
+    def batch_select_indices(self, idx: torch.Tensor) -> None:
+        for layer in self.layers:
+            layer._k, layer._v = layer._k[idx], layer._v[idx]
+
+
+class LeanForward:
+    """`(ids [B, S], mask [B, W], positions [B, S], cache) -> logits of the last position [B, V]`, the
+    same function as the transformers model it was built from (whose weights it reads now)."""
+
+    def __init__(self, model):
+        inner = model.model
+        self.embed = inner.embed_tokens.weight
+        self.final_norm = (inner.norm.weight, _eps(inner.norm))
+        self.lm_head = model.lm_head.weight.detach().t().contiguous()
+        self.rotary = inner.rotary_emb
+        self.layers = [_fused_layer(layer) for layer in inner.layers]
+
+    def new_cache(self) -> LeanCache:
+        return LeanCache(len(self.layers))
+
+    @torch.inference_mode()
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: LeanCache):
+        x = F.embedding(ids, self.embed)  # [B, S, E]
+        cos, sin = self.rotary(x, positions)  # [B, S, D]
+        cos, sin = cos[:, None], sin[:, None]  # [B, 1, S, D]
+        b, s = ids.shape
+        width = mask.shape[1]
+        # query at column (width - s + i) sees keys at columns <= its own that are not padding
+        cols = torch.arange(width, device=ids.device)
+        rows = torch.arange(width - s, width, device=ids.device)
+        allowed = (cols[None, :] <= rows[:, None])[None] & mask[:, None, :].bool()  # [B, S, W]
+        # a large finite negative, not -inf: a padding query that sees nothing stays finite (0 * inf = nan)
+        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+        bias.masked_fill_(~allowed, torch.finfo(x.dtype).min)
+        bias = bias[:, None, None]  # [B, 1, 1, S, W]
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x = x + _attention(layer, F.rms_norm(x, x.shape[-1:], *layer["norm1"]), cos, sin, bias, layer_cache)
+            h = F.rms_norm(x, x.shape[-1:], *layer["norm2"])
+            gate, up = torch.matmul(h, layer["gate_up"]).chunk(2, dim=-1)  # [B, S, I] each
+            x = x + torch.matmul(F.silu(gate) * up, layer["down"])
+        last = F.rms_norm(x[:, -1], x.shape[-1:], *self.final_norm)  # [B, E]
+        return torch.matmul(last, self.lm_head)  # [B, V]
+
+
+def _eps(norm) -> float:
+    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+
+
+def _in_out(*weights: torch.Tensor) -> torch.Tensor:
+    """Linear weights ([out, in] each) stacked along `out` and stored as one [in, sum(out)] matrix: with a
+    few dozen rows per decode step, x @ W in this layout runs up to 1.6x faster on CPU than F.linear."""
+    return torch.cat([w.detach() for w in weights]).t().contiguous()
+
+
+def _fused_layer(layer) -> dict:
+    attn, mlp = layer.self_attn, layer.mlp
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    bias = None
+    if any(p.bias is not None for p in projections):
+        bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0])
+                          for p in projections]).detach()
+    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # Qwen3
+    return {
+        "qkv": _in_out(*(p.weight for p in projections)), "qkv_bias": bias,
+        "split": [p.weight.shape[0] for p in projections], "head_dim": attn.head_dim, "scaling": attn.scaling,
+        "o": _in_out(attn.o_proj.weight), "o_bias": attn.o_proj.bias,
+        "q_norm": (q_norm.weight, _eps(q_norm)) if q_norm is not None else None,
+        "k_norm": (k_norm.weight, _eps(k_norm)) if k_norm is not None else None,
+        "norm1": (layer.input_layernorm.weight, _eps(layer.input_layernorm)),
+        "norm2": (layer.post_attention_layernorm.weight, _eps(layer.post_attention_layernorm)),
+        "gate_up": _in_out(mlp.gate_proj.weight, mlp.up_proj.weight),
+        "down": _in_out(mlp.down_proj.weight),
+    }
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([-b, a], dim=-1)
+
+
+def _attention(layer: dict, h: torch.Tensor, cos, sin, bias: torch.Tensor, cache: LeanLayerCache) -> torch.Tensor:
+    b, s, _ = h.shape
+    d = layer["head_dim"]
+    qkv = torch.matmul(h, layer["qkv"])  # [B, S, (H + 2 Hkv) D]
+    if layer["qkv_bias"] is not None:
+        qkv = qkv + layer["qkv_bias"]
+    q, k, v = qkv.split(layer["split"], dim=-1)
+    q = q.view(b, s, -1, d)  # [B, S, H, D]
+    k = k.view(b, s, -1, d)  # [B, S, Hkv, D]
+    if layer["q_norm"] is not None:
+        q = F.rms_norm(q, (d,), *layer["q_norm"])
+        k = F.rms_norm(k, (d,), *layer["k_norm"])
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(b, s, -1, d).transpose(1, 2)
+    q = q * cos + _rotate_half(q) * sin  # [B, H, S, D]
+    k = k * cos + _rotate_half(k) * sin  # [B, Hkv, S, D]
+    keys, values = cache.append(k, v)  # [B, Hkv, W, D]
+    n_kv = keys.shape[1]
+    group = q.shape[1] // n_kv
+    # query heads j*group .. (j+1)*group-1 share kv head j: group them instead of repeating the keys
+    qg = q.reshape(b, n_kv, group * s, d)  # [B, Hkv, G*S, D]
+    scores = torch.matmul(qg, keys.transpose(-1, -2)) * layer["scaling"]  # [B, Hkv, G*S, W]
+    scores = scores.view(b, n_kv, group, s, -1) + bias  # [B, Hkv, G, S, W]
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).view(b, n_kv, group * s, -1)
+    out = torch.matmul(probs, values)  # [B, Hkv, G*S, D]
+    out = out.view(b, n_kv * group, s, d).transpose(1, 2).reshape(b, s, -1)  # [B, S, H*D]
+    out = torch.matmul(out, layer["o"])
+    return out if layer["o_bias"] is None else out + layer["o_bias"]

@@ -1,0 +1,105 @@
+"""Rollouts as training batches, with each distinct prompt run once for all the completions that share it.
+
+A GRPO batch is G completions of each of a few prompts. Run as G full sequences, every prompt token goes
+through the model G times in the policy pass, again in the reference pass, and once more backwards. Here a
+batch keeps the distinct prompts apart (left-padded) from the completions (right-padded): the prompts go
+through the model once, their keys and values are copied to the rows that continue them (autograd sums the
+copies' gradients back), and the completions run on top. Same log-probabilities and gradients as the full
+sequences; on the bench workload (35-token prompts, 64-token completions, G = 8) about a third less work.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from srlm.train.loop import is_checkpointing
+from srlm.train.losses import token_entropy, token_logprobs
+
+
+@dataclass
+class RolloutBatch:
+    prompt_ids: torch.Tensor  # [P, Lp] distinct prompts, left-padded
+    prompt_mask: torch.Tensor  # [P, Lp] 1 for real prompt tokens
+    owner: torch.Tensor  # [B] which prompt row each completion continues
+    completion_ids: torch.Tensor  # [B, Lc] right-padded
+    completion_attn: torch.Tensor  # [B, Lc] 1 for real completion tokens
+    loss_mask: torch.Tensor  # [B, Lc] float: completion tokens that count in the loss
+
+    def to(self, device) -> "RolloutBatch":
+        return RolloutBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def pad_rollouts(seqs, pad_id: int, mask_truncated: bool = False) -> RolloutBatch:
+    """`seqs`: (prompt token ids, Completion) pairs. With `mask_truncated`, a completion cut by the length
+    limit gets an all-zero loss mask: no gradient, since its reward judges an answer it never got to write."""
+    distinct: dict[tuple[int, ...], int] = {}
+    owner = [distinct.setdefault(tuple(p), len(distinct)) for p, _ in seqs]
+    prompts = list(distinct)
+    lp = max(len(p) for p in prompts)
+    lc = max(1, max(len(c.token_ids) for _, c in seqs))
+    prompt_ids = torch.full((len(prompts), lp), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(prompts), lp), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        prompt_ids[r, lp - len(p):] = torch.tensor(p, dtype=torch.long)
+        prompt_mask[r, lp - len(p):] = 1
+    comp = torch.full((len(seqs), lc), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), lc), dtype=torch.long)
+    loss_mask = torch.zeros((len(seqs), lc))
+    for b, (_, c) in enumerate(seqs):
+        n = len(c.token_ids)
+        comp[b, :n] = torch.tensor(list(c.token_ids), dtype=torch.long)
+        attn[b, :n] = 1
+        if not (mask_truncated and c.truncated):
+            loss_mask[b, :n] = 1.0
+    return RolloutBatch(prompt_ids, prompt_mask, torch.tensor(owner), comp, attn, loss_mask)
+
+
+def completion_logprobs(model, batch: RolloutBatch, temperature: float, use_bf16: bool = False,
+                        with_entropy: bool = False):
+    """log pi(completion token) at every completion position [B, Lc] (and the entropy there when asked).
+
+    `temperature` tempers the distribution as sampling did (pi_old is the tempered sampling policy).
+    Models that cannot carry a prompt cache into a training forward (gradient checkpointing turns the
+    cache off) run the full sequences instead: same numbers, more work.
+    """
+    device = batch.prompt_ids.device
+    t = temperature if temperature > 0 else 1.0
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    with autocast:
+        if is_checkpointing(model):
+            logits = _full_sequence_logits(model, batch)
+        else:
+            logits = _shared_prefix_logits(model, batch)  # [B, Lc, V]
+    logp = token_logprobs(logits, batch.completion_ids, temperature=t)  # [B, Lc]
+    ent = token_entropy(logits.detach(), temperature=t) if with_entropy else None
+    return logp, ent
+
+
+def _shared_prefix_logits(model, batch: RolloutBatch) -> torch.Tensor:
+    """Logits predicting each completion token [B, Lc, V]: prompts once, then completions on their cache."""
+    prompt_len = batch.prompt_mask.sum(dim=1)  # [P]
+    prompt_pos = (batch.prompt_mask.cumsum(-1) - 1).clamp(min=0)  # [P, Lp]
+    head = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=prompt_pos,
+                 use_cache=True, logits_to_keep=1)
+    cache = head.past_key_values
+    cache.batch_select_indices(batch.owner)  # [P, ...] -> [B, ...]: each completion gets its prompt's keys
+    lc = batch.completion_ids.shape[1]
+    positions = prompt_len[batch.owner][:, None] + torch.arange(lc, device=prompt_len.device)  # [B, Lc]
+    attn = torch.cat([batch.prompt_mask[batch.owner], batch.completion_attn], dim=1)  # [B, Lp + Lc]
+    tail = model(input_ids=batch.completion_ids, attention_mask=attn, position_ids=positions,
+                 past_key_values=cache, use_cache=True)
+    # the prompt's last position predicts completion token 0; completion position j predicts token j+1
+    return torch.cat([head.logits[batch.owner][:, -1:], tail.logits[:, :-1]], dim=1)  # [B, Lc, V]
+
+
+def _full_sequence_logits(model, batch: RolloutBatch) -> torch.Tensor:
+    """The same logits from whole prompt+completion rows (prompt left-padded, completion right-padded)."""
+    ids = torch.cat([batch.prompt_ids[batch.owner], batch.completion_ids], dim=1)  # [B, Lp + Lc]
+    attn = torch.cat([batch.prompt_mask[batch.owner], batch.completion_attn], dim=1)  # [B, Lp + Lc]
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)  # [B, Lp + Lc]
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False).logits  # [B, Lp+Lc, V]
+    lp = batch.prompt_ids.shape[1]
+    return logits[:, lp - 1:-1]  # [B, Lc, V]

@@ -1,0 +1,91 @@
+"""The lean decode forward computes what the transformers forward computes, for each architecture it takes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from srlm.engines.lean import LeanForward, LeanLayerCache, lean_unsupported
+
+
+def _model(kind: str, **extra):
+    import transformers
+
+    config_cls = {"qwen2": transformers.Qwen2Config, "llama": transformers.LlamaConfig,
+                  "qwen3": transformers.Qwen3Config, "mistral": transformers.MistralConfig}[kind]
+    cfg = config_cls(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                     tie_word_embeddings=kind != "llama", **extra)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # large weights, so that mistakes show in the logits
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+def _left_padded(batch: int, width: int, pads: list[int]):
+    ids = torch.randint(3, 50, (batch, width), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(batch, width, dtype=torch.long)
+    for b, n in enumerate(pads):
+        mask[b, :n] = 0
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@pytest.mark.parametrize("kind,extra", [("qwen2", {}), ("llama", {"attention_bias": True}), ("llama", {}),
+                                        ("qwen3", {}), ("mistral", {"sliding_window": None})])
+def test_lean_prefill_and_decode_logits_equal_transformers(kind, extra):
+    model = _model(kind, **extra)
+    assert lean_unsupported(model) is None
+    lean = LeanForward(model)
+    ids, mask, pos = _left_padded(3, 9, [0, 4, 2])
+    cache = lean.new_cache()
+    with torch.no_grad():
+        got = lean(ids, mask, pos, cache)  # [B, V]
+        want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        # three decode steps on the cache, against the full sequence each time
+        for _ in range(3):
+            nxt = got.argmax(-1, keepdim=True)  # [B, 1]
+            ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+            pos = torch.cat([pos, pos[:, -1:] + 1], 1)
+            got = lean(nxt, mask, pos[:, -1:], cache)
+            want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_reads_the_current_weights():
+    model = _model("qwen2")
+    ids, mask, pos = _left_padded(2, 5, [0, 1])
+    before = LeanForward(model)(ids, mask, pos, LeanForward(model).new_cache())
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(2)
+    after = LeanForward(model)(ids, mask, pos, LeanForward(model).new_cache())
+    want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, want.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_lean_declines_what_it_does_not_compute():
+    assert "sliding" in lean_unsupported(_model("mistral", sliding_window=16))
+    assert "activation" in lean_unsupported(_model("llama", hidden_act="gelu"))
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(_model("qwen2"), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert lean_unsupported(peft_model) is not None
+    import transformers
+
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20))
+    assert "gpt2" in lean_unsupported(gpt2)
+
+
+def test_lean_layer_cache_appends_in_place_and_grows():
+    cache = LeanLayerCache()
+    chunks = [torch.randn(2, 1, n, 4) for n in (5, 1, 1, 70, 1)]
+    for c in chunks:
+        keys, values = cache.append(c, -c)
+    full = torch.cat(chunks, dim=2)
+    assert torch.equal(keys, full) and torch.equal(values, -full) and cache.width == 78
+    cache.keys, cache.values = full[:, :, 3:], -full[:, :, 3:]  # the engine trims leading columns like this
+    keys, _ = cache.append(chunks[1], chunks[1])
+    assert torch.equal(keys, torch.cat([full[:, :, 3:], chunks[1]], dim=2))
