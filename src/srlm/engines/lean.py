@@ -105,6 +105,7 @@ class LeanForward:
     """`(ids [B, S], mask [B, W], positions [B, S], cache) -> logits of the last position [B, V]`, the
     same function as the transformers model it was built from (whose weights it reads now)."""
 
+    @torch.no_grad()
     def __init__(self, model):
         inner = model.model
         self.embed = inner.embed_tokens.weight
@@ -120,7 +121,9 @@ class LeanForward:
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: LeanCache):
         x = F.embedding(ids, self.embed)  # [B, S, E]
         cos, sin = self.rotary(x, positions)  # [B, S, D]
-        cos, sin = cos[:, None], sin[:, None]  # [B, 1, S, D]
+        half = sin.shape[-1] // 2
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)  # the sign of rotate_half, see _attention
+        cos, sin = cos[:, :, None], sin[:, :, None]  # [B, S, 1, D]: one rotation for every head
         b, s = ids.shape
         width = mask.shape[1]
         # query at column (width - s + i) sees keys at columns <= its own that are not padding
@@ -153,16 +156,22 @@ def _in_out(*weights: torch.Tensor) -> torch.Tensor:
 def _fused_layer(layer) -> dict:
     attn, mlp = layer.self_attn, layer.mlp
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # Qwen3
+    # the attention's 1/sqrt(D) goes into q once here (into q_norm's weight when q is normalised: the
+    # norm would undo it; the rotation is linear and keeps it) instead of scaling every score
+    q_scale = 1.0 if q_norm is not None else attn.scaling
+    weights = [attn.q_proj.weight * q_scale, attn.k_proj.weight, attn.v_proj.weight]
     bias = None
     if any(p.bias is not None for p in projections):
         bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0])
                           for p in projections]).detach()
-    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # Qwen3
+        bias[:attn.q_proj.weight.shape[0]] *= q_scale
+    head_dim = attn.head_dim
     return {
-        "qkv": _in_out(*(p.weight for p in projections)), "qkv_bias": bias,
-        "split": [p.weight.shape[0] for p in projections], "head_dim": attn.head_dim, "scaling": attn.scaling,
+        "qkv": _in_out(*weights), "qkv_bias": bias, "head_dim": head_dim,
+        "heads": attn.q_proj.weight.shape[0] // head_dim, "kv_heads": attn.k_proj.weight.shape[0] // head_dim,
         "o": _in_out(attn.o_proj.weight), "o_bias": attn.o_proj.bias,
-        "q_norm": (q_norm.weight, _eps(q_norm)) if q_norm is not None else None,
+        "q_norm": (q_norm.weight * attn.scaling, _eps(q_norm)) if q_norm is not None else None,
         "k_norm": (k_norm.weight, _eps(k_norm)) if k_norm is not None else None,
         "norm1": (layer.input_layernorm.weight, _eps(layer.input_layernorm)),
         "norm2": (layer.post_attention_layernorm.weight, _eps(layer.post_attention_layernorm)),
@@ -171,35 +180,29 @@ def _fused_layer(layer) -> dict:
     }
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat([-b, a], dim=-1)
-
-
 def _attention(layer: dict, h: torch.Tensor, cos, sin, bias: torch.Tensor, cache: LeanLayerCache) -> torch.Tensor:
     b, s, _ = h.shape
-    d = layer["head_dim"]
-    qkv = torch.matmul(h, layer["qkv"])  # [B, S, (H + 2 Hkv) D]
+    d, n_q, n_kv = layer["head_dim"], layer["heads"], layer["kv_heads"]
+    qkv = torch.matmul(h, layer["qkv"])  # [B, S, (H + 2 Hkv) D]; q already carries the 1/sqrt(D) scaling
     if layer["qkv_bias"] is not None:
         qkv = qkv + layer["qkv_bias"]
-    q, k, v = qkv.split(layer["split"], dim=-1)
-    q = q.view(b, s, -1, d)  # [B, S, H, D]
-    k = k.view(b, s, -1, d)  # [B, S, Hkv, D]
-    if layer["q_norm"] is not None:
-        q = F.rms_norm(q, (d,), *layer["q_norm"])
-        k = F.rms_norm(k, (d,), *layer["k_norm"])
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(b, s, -1, d).transpose(1, 2)
-    q = q * cos + _rotate_half(q) * sin  # [B, H, S, D]
-    k = k * cos + _rotate_half(k) * sin  # [B, Hkv, S, D]
+    qk = qkv[..., :(n_q + n_kv) * d].unflatten(-1, (n_q + n_kv, d))  # [B, S, H + Hkv, D]
+    v = qkv[..., (n_q + n_kv) * d:].unflatten(-1, (n_kv, d)).transpose(1, 2)  # [B, Hkv, S, D]
+    if layer["q_norm"] is not None:  # Qwen3 normalises each head's q and k before the rotation
+        qk = torch.cat([F.rms_norm(qk[:, :, :n_q], (d,), *layer["q_norm"]),
+                        F.rms_norm(qk[:, :, n_q:], (d,), *layer["k_norm"])], dim=2)
+    # rotary position embedding of q and k at once: x * cos + rotate_half(x) * sin, where rotate_half
+    # (x1, x2) = (-x2, x1) is a roll by D/2 with the sign folded into `sin`
+    qk = qk * cos + qk.roll(d // 2, dims=-1) * sin  # [B, S, H + Hkv, D]
+    q, k = qk[:, :, :n_q].transpose(1, 2), qk[:, :, n_q:].transpose(1, 2)  # [B, H, S, D], [B, Hkv, S, D]
     keys, values = cache.append(k, v)  # [B, Hkv, W, D]
-    n_kv = keys.shape[1]
-    group = q.shape[1] // n_kv
+    group = n_q // n_kv
     # query heads j*group .. (j+1)*group-1 share kv head j: group them instead of repeating the keys
     qg = q.reshape(b, n_kv, group * s, d)  # [B, Hkv, G*S, D]
-    scores = torch.matmul(qg, keys.transpose(-1, -2)) * layer["scaling"]  # [B, Hkv, G*S, W]
+    scores = torch.matmul(qg, keys.transpose(-1, -2))  # [B, Hkv, G*S, W]
     scores = scores.view(b, n_kv, group, s, -1) + bias  # [B, Hkv, G, S, W]
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).view(b, n_kv, group * s, -1)
     out = torch.matmul(probs, values)  # [B, Hkv, G*S, D]
-    out = out.view(b, n_kv * group, s, d).transpose(1, 2).reshape(b, s, -1)  # [B, S, H*D]
+    out = out.view(b, n_q, s, d).transpose(1, 2).reshape(b, s, -1)  # [B, S, H*D]
     out = torch.matmul(out, layer["o"])
     return out if layer["o_bias"] is None else out + layer["o_bias"]
