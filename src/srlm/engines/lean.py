@@ -196,6 +196,10 @@ def _attention(layer: dict, h: torch.Tensor, cos, sin, bias: torch.Tensor, cache
     qk = qk * cos + qk.roll(d // 2, dims=-1) * sin  # [B, S, H + Hkv, D]
     q, k = qk[:, :, :n_q].transpose(1, 2), qk[:, :, n_q:].transpose(1, 2)  # [B, H, S, D], [B, Hkv, S, D]
     keys, values = cache.append(k, v)  # [B, Hkv, W, D]
+    if s > 1:  # prefill: the fused kernel never holds all [B, H, S, W] scores (long prompts, big batches)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias[:, :, 0], scale=1.0, enable_gqa=True)
+        out = torch.matmul(out.transpose(1, 2).reshape(b, s, -1), layer["o"])  # [B, S, E]
+        return out if layer["o_bias"] is None else out + layer["o_bias"]
     group = n_q // n_kv
     # query heads j*group .. (j+1)*group-1 share kv head j: group them instead of repeating the keys
     qg = q.reshape(b, n_kv, group * s, d)  # [B, Hkv, G*S, D]
