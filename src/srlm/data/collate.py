@@ -62,6 +62,23 @@ def pad_batch(examples: list[TokenizedExample], pad_id: int):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def distinct_left_padded(rows: list[list[int]], pad_id: int):
+    """The distinct rows of `rows`, left-padded (each right-aligned, so every row's next token is at the
+    same column): ids [U, W], mask [U, W] (1 on real tokens), and for each input row the index [N] of its
+    distinct row. Samples of one prompt (GRPO's groups, evaluation's n) share one row."""
+    import torch
+
+    distinct: dict[tuple[int, ...], int] = {}
+    index = [distinct.setdefault(tuple(r), len(distinct)) for r in rows]
+    width = max(len(r) for r in distinct)
+    ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(distinct), width), dtype=torch.long)
+    for u, r in enumerate(distinct):
+        ids[u, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[u, width - len(r):] = 1
+    return ids, mask, torch.tensor(index, dtype=torch.long)
+
+
 def length_grouped_batches(lengths: list[int], batch_size: int, rng) -> list[list[int]]:
     """Batches of indices with similar lengths (less padding), in random batch order.
 

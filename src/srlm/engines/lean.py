@@ -3,7 +3,8 @@ sliding window), used by the HF engine in place of the transformers forward when
 
 Why: at decode time a small model's step is a handful of small matrix products, and the transformers
 module stack (per-layer Python, mask building, a KV cache that is concatenated anew at every token)
-costs several times the arithmetic. This computes the same function from the same live weights with
+costs as much again: on the bench's tiny model (2 CPU cores, 32 rows) a decode step took 12-15 ms, of
+which the products are about 3 ms, against about 6.5 ms here. This computes the same function from the same live weights with
 fused q/k/v and gate/up projections (fewer, larger products), grouped-query attention that never
 repeats keys, and a KV cache with spare capacity that tokens are written into. It reads the weights at
 construction, so an engine builds one per `generate` call and always decodes the current policy.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from srlm.data.collate import distinct_left_padded
 from srlm.train.loop import is_checkpointing
 from srlm.train.losses import token_entropy, token_logprobs
 
@@ -35,16 +36,8 @@ class RolloutBatch:
 def pad_rollouts(seqs, pad_id: int, mask_truncated: bool = False) -> RolloutBatch:
     """`seqs`: (prompt token ids, Completion) pairs. With `mask_truncated`, a completion cut by the length
     limit gets an all-zero loss mask: no gradient, since its reward judges an answer it never got to write."""
-    distinct: dict[tuple[int, ...], int] = {}
-    owner = [distinct.setdefault(tuple(p), len(distinct)) for p, _ in seqs]
-    prompts = list(distinct)
-    lp = max(len(p) for p in prompts)
+    prompt_ids, prompt_mask, owner = distinct_left_padded([list(p) for p, _ in seqs], pad_id)  # [P, Lp], [B]
     lc = max(1, max(len(c.token_ids) for _, c in seqs))
-    prompt_ids = torch.full((len(prompts), lp), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(prompts), lp), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        prompt_ids[r, lp - len(p):] = torch.tensor(p, dtype=torch.long)
-        prompt_mask[r, lp - len(p):] = 1
     comp = torch.full((len(seqs), lc), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), lc), dtype=torch.long)
     loss_mask = torch.zeros((len(seqs), lc))
@@ -54,7 +47,7 @@ def pad_rollouts(seqs, pad_id: int, mask_truncated: bool = False) -> RolloutBatc
         attn[b, :n] = 1
         if not (mask_truncated and c.truncated):
             loss_mask[b, :n] = 1.0
-    return RolloutBatch(prompt_ids, prompt_mask, torch.tensor(owner), comp, attn, loss_mask)
+    return RolloutBatch(prompt_ids, prompt_mask, owner, comp, attn, loss_mask)
 
 
 def completion_logprobs(model, batch: RolloutBatch, temperature: float, use_bf16: bool = False,
