@@ -57,10 +57,12 @@ def test_lean_prefill_and_decode_logits_equal_transformers(kind, extra):
 def test_lean_reads_the_current_weights():
     model = _model("qwen2")
     ids, mask, pos = _left_padded(2, 5, [0, 1])
-    before = LeanForward(model)(ids, mask, pos, LeanForward(model).new_cache())
+    lean = LeanForward(model)
+    before = lean(ids, mask, pos, lean.new_cache())
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.mul_(2)
-    after = LeanForward(model)(ids, mask, pos, LeanForward(model).new_cache())
+    lean = LeanForward(model)  # built after the change: it decodes the weights as they are now
+    after = lean(ids, mask, pos, lean.new_cache())
     want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, want.detach(), atol=1e-5, rtol=1e-5)
