@@ -102,7 +102,8 @@ def test_hf_stop_strings_min_tokens_and_callback(tiny):
     free = HFEngine(model, tok, batch_size=8).generate(prompts, SamplingParams(max_new_tokens=16, temperature=0))
     # a two-token stop string met after a few steps in some response
     r, stop = next((r, s) for r, g in enumerate(free) for k in range(3, len(g[0].token_ids) - 1)
-                   if (s := tok.decode(g[0].token_ids[k:k + 2])).isascii() and len(s) == 2 and s.isprintable())
+                   if (s := tok.decode(g[0].token_ids[k:k + 2])).isascii() and s.isprintable()
+                   and len(tok.encode(s, add_special_tokens=False)) == 2)
     out = HFEngine(model, tok).generate(prompts, SamplingParams(max_new_tokens=16, temperature=0, stop_strings=(stop,)))
     hit = out[r][0]
     assert hit.finish_reason == "stop" and tok.decode(hit.token_ids).endswith(stop)

@@ -47,3 +47,19 @@ def test_folder_loads_with_auto_classes(tmp_path):
     again = AutoModelForCausalLM.from_pretrained(write_tiny_model(tmp_path / "m2", spec))
     for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert (a == b).all(), n
+
+
+def test_merges_make_the_task_words_single_tokens_and_keep_digits_apart(tok):
+    text = "Ned has 128 eggs. Ned gives away 5. How many eggs does Ned have?\n128 - 5 = 123 eggs.\n#### 123"
+    pieces = tok.tokenize(text)
+    for word in ("Ned", "Ġhas", "Ġeggs", "Ġgives", "Ġaway", "ĠHow", "Ġmany", "Ġdoes", "Ġhave", "####"):
+        assert word in pieces
+    digits = [c for c in text if c.isdigit()]
+    assert [p for p in pieces if any(c.isdigit() for c in p)] == digits  # one token per digit
+    assert len(pieces) < len(text) / 2  # what makes the demo's sequences short
+
+
+def test_tokenizer_is_the_same_on_every_build(tok):
+    again = build_tokenizer()
+    assert again.get_vocab() == tok.get_vocab()
+    assert again.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
