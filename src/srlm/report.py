@@ -22,6 +22,17 @@ class Row:
     cost: dict = field(default_factory=dict)  # wall_seconds, device, device_hours, tokens, peak_memory_gb
     stages: list[dict] = field(default_factory=list)  # [{kind, status, reason, dir}]
     reason: str | None = None
+    folder: str = ""  # the pipeline's folder in the run directory
+
+
+@dataclass
+class Gain:
+    """What one pipeline's last stage added: its accuracy minus its starting checkpoint's, per benchmark,
+    paired over the problems both were scored on (`stats.paired_difference` results)."""
+
+    label: str  # the pipeline's row
+    start: str  # the row of the checkpoint its last stage started from
+    benchmarks: dict[str, dict] = field(default_factory=dict)  # name -> {difference, se, n_problems}
 
 
 def _cell(row: Row, bench: str, best: float | None) -> str:
@@ -86,6 +97,25 @@ def cost_table(rows: list[Row]) -> list[list[str]]:
     return table
 
 
+def gains_table(gains: list[Gain]) -> list[list[str]]:
+    """Accuracy change (points) of each stage over its starting checkpoint, ± its paired standard error;
+    bold where the change is more than twice its standard error (either sign)."""
+    benches = list(dict.fromkeys(b for g in gains for b in g.benchmarks))
+    table = [["method", "started from"] + benches]
+    for g in gains:
+        cells = []
+        for b in benches:
+            d = g.benchmarks.get(b)
+            if d is None:
+                cells.append("–")
+                continue
+            diff, se = 100 * d["difference"], 100 * d["se"]
+            text = f"{diff:+.1f} ± {se:.1f}"
+            cells.append(f"**{text}**" if abs(diff) > 2 * se else text)
+        table.append([g.label, g.start] + cells)
+    return table
+
+
 def markdown(table: list[list[str]]) -> str:
     head, *body = table
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -117,14 +147,20 @@ def latex(table: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_markdown(title: str, rows: list[Row], plots: list[tuple[str, str]] = ()) -> str:
-    """The whole `report.md`: accuracy, format, cost tables, notes on failures, and plot links."""
+def report_markdown(title: str, rows: list[Row], plots: list[tuple[str, str]] = (), gains: list[Gain] = ()) -> str:
+    """The whole `report.md`: accuracy, format, gain and cost tables, notes on failures, and plot links."""
     parts = [f"# {title}", "", "## Accuracy (%, mean ± standard error over problems)", "",
              markdown(accuracy_table(rows)), "",
              f"{DAGGER} no answer could be extracted from the responses; {DOUBLE_DAGGER} the RL stage collapsed "
              "(training stopped by the collapse guard).", "",
-             "## Format and extraction rates (%)", "", markdown(format_table(rows)), "",
-             "## Compute cost", "", markdown(cost_table(rows)), ""]
+             "## Format and extraction rates (%)", "", markdown(format_table(rows)), ""]
+    if gains:
+        parts += ["## What each stage adds (accuracy points over its starting checkpoint)", "",
+                  markdown(gains_table(list(gains))), "",
+                  "Paired over the problems both checkpoints were scored on: the standard error is that of the "
+                  "per-problem differences, so problem difficulty cancels out. Bold: more than twice the "
+                  "standard error.", ""]
+    parts += ["## Compute cost", "", markdown(cost_table(rows)), ""]
     notes = [f"- **{r.label}**: {r.status}: {r.reason}" for r in rows if r.status != "done" and r.reason]
     if notes:
         parts += ["## Problems", ""] + notes + [""]

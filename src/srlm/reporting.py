@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from srlm.report import Row, accuracy_table, cost_table, csv_text, latex, report_markdown
+from srlm.report import Gain, Row, accuracy_table, cost_table, csv_text, gains_table, latex, report_markdown
+from srlm.stats import paired_difference
 from srlm.train.loop import atomic_write_text, read_metrics
 
 RL_CURVES = [("reward", "reward"), ("accuracy", "accuracy"), ("kl", "KL to reference"),
@@ -37,8 +38,50 @@ def collect_rows(run_dir: Path) -> list[Row]:
             cost["peak_memory_gb"] = max(cost["peak_memory_gb"], c.get("peak_memory_gb", 0.0))
             cost["device"] = c.get("device", cost["device"])
         label = (pipelines.get(name) or {}).get("label") or name
-        rows.append(Row(label, info["status"], benches, cost, info["stages"], info.get("reason")))
+        rows.append(Row(label, info["status"], benches, cost, info["stages"], info.get("reason"), folder=name))
     return rows
+
+
+def per_problem_accuracy(bench_dir: Path) -> dict[str, float]:
+    """Problem id -> fraction of its samples graded correct, from an evaluation's samples."""
+    from srlm.evaluate import all_samples
+
+    counts: dict[str, list[int]] = {}
+    for s in all_samples(bench_dir):
+        c = counts.setdefault(s["id"], [0, 0])
+        c[0] += bool(s["correct"])
+        c[1] += 1
+    return {pid: right / n for pid, (right, n) in counts.items()}
+
+
+def collect_gains(run_dir: Path, rows: list[Row]) -> list[Gain]:
+    """For each row whose last stage started from another row's checkpoint (base + SFT + RL from base + SFT),
+    the accuracy change per benchmark, paired over the problems both were scored on.
+
+    Pairs only evaluations with the same protocol (prompt, samples, temperature, ...): a difference between
+    protocols is not the stage's doing.
+    """
+    run_dir = Path(run_dir)
+    by_stages = {tuple(st["dir"] for st in r.stages): r for r in rows if r.status == "done" and r.stages}
+    gains = []
+    for r in rows:
+        start = by_stages.get(tuple(st["dir"] for st in r.stages[:-1]))
+        if r.status != "done" or start is None or not r.benchmarks:
+            continue
+        here, there = run_dir / r.folder / "eval", run_dir / start.folder / "eval"
+        if _protocol(here) is None or _protocol(here) != _protocol(there):
+            continue
+        benches = {b: paired_difference(per_problem_accuracy(here / b), per_problem_accuracy(there / b))
+                   for b in r.benchmarks if b in start.benchmarks}
+        benches = {b: d for b, d in benches.items() if d["n_problems"] > 1}
+        if benches:
+            gains.append(Gain(r.label, start.label, benches))
+    return gains
+
+
+def _protocol(eval_dir: Path) -> dict | None:
+    path = eval_dir / "eval_settings.json"
+    return json.loads(path.read_text()).get("protocol") if path.exists() else None
 
 
 def _stage_label(rows: list[Row], stage_dir: str) -> str:
@@ -113,7 +156,8 @@ def write_report(run_dir: Path, formats: tuple[str, ...] = ("md", "csv", "tex", 
     """Write `report.md` (and csv/tex tables, png plots) into `run_dir`; returns the report's path."""
     run_dir = Path(run_dir)
     rows = collect_rows(run_dir)
-    tables = {"accuracy": accuracy_table(rows), "cost": cost_table(rows)}
+    gains = collect_gains(run_dir, rows)
+    tables = {"accuracy": accuracy_table(rows), "gains": gains_table(gains), "cost": cost_table(rows)}
     if "csv" in formats:
         for name, t in tables.items():
             atomic_write_text(run_dir / f"{name}.csv", csv_text(t))
@@ -122,5 +166,5 @@ def write_report(run_dir: Path, formats: tuple[str, ...] = ("md", "csv", "tex", 
             atomic_write_text(run_dir / f"{name}.tex", latex(t))
     plots = plot_files(run_dir, rows) if "png" in formats else []
     path = run_dir / "report.md"
-    atomic_write_text(path, report_markdown(f"srlm report: {run_dir.name}", rows, plots))
+    atomic_write_text(path, report_markdown(f"srlm report: {run_dir.name}", rows, plots, gains))
     return path

@@ -49,3 +49,15 @@ def accuracy_summary(correct_by_problem: Sequence[Sequence[bool]], ks: Sequence[
         pk[str(k)] = {"value": m, "se": s}
     return {"n_problems": len(correct_by_problem), "n_samples": n, "accuracy": acc, "accuracy_se": se,
             "pass_at_k": pk}
+
+
+def paired_difference(a: dict[str, float], b: dict[str, float]) -> dict:
+    """Mean of a[p] - b[p] over the problems p both cover, with its standard error over those problems.
+
+    For two checkpoints scored on the same problems, pairing removes the spread of problem difficulty
+    from the error bar, so a real gain shows as significant with far fewer problems than comparing the
+    two accuracies' separate error bars would need.
+    """
+    common = [p for p in a if p in b]
+    diff, se = mean_and_se([a[p] - b[p] for p in common])
+    return {"n_problems": len(common), "difference": diff, "se": se}

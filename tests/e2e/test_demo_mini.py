@@ -35,6 +35,10 @@ def test_mini_demo_runs_every_stage(tmp_path, capsys):
                                                for method in ("SFT", "SFT (LoRA)", "KD", "RL", "SFT + RL", "KD + RL")]
     for label in labels:
         assert f"| {label} |" in report and label in out
+    # every pipeline but the base extends another one, so each gets a paired gain over its start
+    gains = report.split("## What each stage adds")[1].split("## Compute cost")[0]
+    assert "| base + SFT + RL | base + SFT | " in gains and "| tiny instruct | tiny base | " in gains
+    assert sum(line.startswith("| ") for line in gains.splitlines()) == 1 + len(labels) - 1
     manifests = [json.loads(p.read_text()) for p in run_dir.glob("stages/*/manifest.json")]
     kinds = [m["kind"] for m in manifests]  # shared prefixes ran once: 14 pipelines, 14 stages
     assert {k: kinds.count(k) for k in set(kinds)} == {"pretrain": 1, "sft": 5, "kd": 2, "grpo": 6}

@@ -5,7 +5,7 @@ from itertools import combinations
 
 import pytest
 
-from srlm.stats import accuracy_summary, mean_and_se, pass_at_k
+from srlm.stats import accuracy_summary, mean_and_se, paired_difference, pass_at_k
 
 
 def comb_pass_at_k(n: int, c: int, k: int) -> float:
@@ -73,3 +73,23 @@ def test_accuracy_summary_means_per_problem_and_se_over_problems():
 def test_accuracy_summary_of_nothing_is_nan_not_zero():
     s = accuracy_summary([])
     assert s["n_problems"] == 0 and math.isnan(s["accuracy"])
+
+
+def test_paired_difference_hand_computed():
+    # differences over the common problems p1..p3: 0.5, 0.0, 1.0 -> mean 0.5, sd 0.5, se 0.5 / sqrt(3)
+    a = {"p1": 1.0, "p2": 0.5, "p3": 1.0, "only_a": 1.0}
+    b = {"p1": 0.5, "p2": 0.5, "p3": 0.0, "only_b": 0.0}
+    d = paired_difference(a, b)
+    assert d["n_problems"] == 3
+    assert d["difference"] == pytest.approx(0.5)
+    assert d["se"] == pytest.approx(0.5 / math.sqrt(3))
+
+
+def test_paired_difference_cancels_problem_difficulty():
+    # b is a uniformly 0.1 better than a on problems of very different difficulty: the unpaired error bars
+    # overlap, the paired one is zero
+    a = {f"p{i}": i / 10 for i in range(10)}
+    b = {p: v + 0.1 for p, v in a.items()}
+    d = paired_difference(b, a)
+    assert d["difference"] == pytest.approx(0.1) and d["se"] == pytest.approx(0.0, abs=1e-12)
+    assert mean_and_se(list(a.values()))[1] > 0.05
