@@ -113,6 +113,11 @@ class LeanForward:
         self.final_norm = (inner.norm.weight, _eps(inner.norm))
         self.lm_head = model.lm_head.weight.detach().t().contiguous()
         self.rotary = inner.rotary_emb
+        # the rotation angles of a static rotary embedding depend on the position only: tabulate them once
+        # (a decode step then looks its row up instead of recomputing cos/sin for every token)
+        self._static_rope = getattr(self.rotary, "rope_type", "default") in ("default", "linear", "llama3", "yarn")
+        self._cos: torch.Tensor | None = None  # [N, D]
+        self._sin: torch.Tensor | None = None  # [N, D], with rotate_half's sign folded in
         self.layers = [_fused_layer(layer) for layer in inner.layers]
 
     def new_cache(self) -> LeanCache:
@@ -121,19 +126,20 @@ class LeanForward:
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: LeanCache):
         x = F.embedding(ids, self.embed)  # [B, S, E]
-        cos, sin = self.rotary(x, positions)  # [B, S, D]
-        half = sin.shape[-1] // 2
-        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)  # the sign of rotate_half, see _attention
+        cos, sin = self._rotation(x, positions)  # [B, S, D] each
         cos, sin = cos[:, :, None], sin[:, :, None]  # [B, S, 1, D]: one rotation for every head
         b, s = ids.shape
         width = mask.shape[1]
-        # query at column (width - s + i) sees keys at columns <= its own that are not padding
-        cols = torch.arange(width, device=ids.device)
-        rows = torch.arange(width - s, width, device=ids.device)
-        allowed = (cols[None, :] <= rows[:, None])[None] & mask[:, None, :].bool()  # [B, S, W]
         # a large finite negative, not -inf: a padding query that sees nothing stays finite (0 * inf = nan)
-        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
-        bias.masked_fill_(~allowed, torch.finfo(x.dtype).min)
+        big = torch.finfo(x.dtype).max
+        if s == 1:  # a decode step's query is the last column: it sees every key that is not padding
+            bias = ((mask.to(x.dtype) - 1) * big)[:, None]  # [B, 1, W]: 0 or the dtype's min
+        else:  # query at column (width - s + i) sees keys at columns <= its own that are not padding
+            cols = torch.arange(width, device=ids.device)
+            rows = torch.arange(width - s, width, device=ids.device)
+            allowed = (cols[None, :] <= rows[:, None])[None] & mask[:, None, :].bool()  # [B, S, W]
+            bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+            bias.masked_fill_(~allowed, -big)
         bias = bias[:, None, None]  # [B, 1, 1, S, W]
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = x + _attention(layer, F.rms_norm(x, x.shape[-1:], *layer["norm1"]), cos, sin, bias, layer_cache)
@@ -142,6 +148,24 @@ class LeanForward:
             x = x + torch.matmul(F.silu(gate) * up, layer["down"])
         last = F.rms_norm(x[:, -1], x.shape[-1:], *self.final_norm)  # [B, E]
         return torch.matmul(last, self.lm_head)  # [B, V]
+
+
+    def _rotation(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin [B, S, D] of the rotary embedding at `positions` [B, S]."""
+        if not self._static_rope:
+            return _signed(*self.rotary(x, positions))
+        needed = int(positions.max()) + 1
+        if self._cos is None or needed > self._cos.shape[0]:
+            n = max(needed, 2 * self._cos.shape[0] if self._cos is not None else 512)
+            cos, sin = self.rotary(x, torch.arange(n, device=x.device)[None])  # [1, n, D]
+            self._cos, self._sin = _signed(cos[0], sin[0])
+        return self._cos[positions], self._sin[positions]
+
+
+def _signed(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin with its first half negated): rotate_half's sign folded into sin, see _attention."""
+    half = sin.shape[-1] // 2
+    return cos, torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
 
 
 def _eps(norm) -> float:
