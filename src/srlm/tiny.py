@@ -38,10 +38,11 @@ class TinySpec:
 # The text the tokenizer's merges are learned from: synthetic training problems (their own seed, so no
 # split's content is special) and the instructions the prompts add. Learning merges takes ~0.3 s.
 MERGES_CORPUS = {"problems": 3000, "seed": 97}
-MAX_VOCAB = 512  # an upper bound: this corpus runs out of merges at about 500 tokens
+MAX_VOCAB = 512  # bytes + learned merges; the task's whole vocabulary of words fits well within it
 
 
 def merges_corpus() -> list[str]:
+    """The texts whose byte-pair statistics decide the merges (deterministic: seeded problems)."""
     from srlm.data.prompts import BOXED_INSTRUCTION, TAG_INSTRUCTION, TAG_INSTRUCTION_BRIEF
     from srlm.data.synthetic import make_split
 
@@ -66,6 +67,8 @@ def build_tokenizer():
     runs over that many fewer positions. Byte-level means every string, Unicode included, round-trips.
     The merges are a pure function of the corpus, so the tokenizer is the same on every machine.
     """
+    import json
+
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
@@ -79,8 +82,6 @@ def build_tokenizer():
     vocab = {sym: i for i, sym in enumerate(byte_symbols)}  # bytes keep ids 0-255
     for sym in sorted(set(learned) - set(vocab), key=learned.__getitem__):
         vocab[sym] = len(vocab)
-    import json
-
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" "))
               for m in json.loads(learner.to_str())["model"]["merges"]]
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token=EOS, pad_token=PAD)
