@@ -63,15 +63,23 @@ def collect_gains(run_dir: Path, rows: list[Row]) -> list[Gain]:
     """
     run_dir = Path(run_dir)
     by_stages = {tuple(st["dir"] for st in r.stages): r for r in rows if r.status == "done" and r.stages}
+    accuracy: dict[Path, dict[str, float]] = {}  # a start row is compared with every row that extends it
+
+    def per_problem(bench_dir: Path) -> dict[str, float]:
+        if bench_dir not in accuracy:
+            accuracy[bench_dir] = per_problem_accuracy(bench_dir)
+        return accuracy[bench_dir]
+
     gains = []
     for r in rows:
         start = by_stages.get(tuple(st["dir"] for st in r.stages[:-1]))
         if r.status != "done" or start is None or not r.benchmarks:
             continue
         here, there = run_dir / r.folder / "eval", run_dir / start.folder / "eval"
-        if _protocol(here) is None or _protocol(here) != _protocol(there):
+        protocol = _protocol(here)
+        if protocol is None or protocol != _protocol(there):
             continue
-        benches = {b: paired_difference(per_problem_accuracy(here / b), per_problem_accuracy(there / b))
+        benches = {b: paired_difference(per_problem(here / b), per_problem(there / b))
                    for b in r.benchmarks if b in start.benchmarks}
         benches = {b: d for b, d in benches.items() if d["n_problems"] > 1}
         if benches:
@@ -157,7 +165,9 @@ def write_report(run_dir: Path, formats: tuple[str, ...] = ("md", "csv", "tex", 
     run_dir = Path(run_dir)
     rows = collect_rows(run_dir)
     gains = collect_gains(run_dir, rows)
-    tables = {"accuracy": accuracy_table(rows), "gains": gains_table(gains), "cost": cost_table(rows)}
+    tables = {"accuracy": accuracy_table(rows), "cost": cost_table(rows)}
+    if gains:
+        tables["gains"] = gains_table(gains)
     if "csv" in formats:
         for name, t in tables.items():
             atomic_write_text(run_dir / f"{name}.csv", csv_text(t))
