@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from srlm.engines import lean as lean_module
 from srlm.engines.lean import LeanForward, LeanLayerCache, lean_unsupported
 
 
@@ -32,9 +33,11 @@ def _left_padded(batch: int, width: int, pads: list[int]):
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+@pytest.mark.parametrize("packing", [True, False])  # MKL's pre-packed products (where available) or plain ones
 @pytest.mark.parametrize("kind,extra", [("qwen2", {}), ("llama", {"attention_bias": True}), ("llama", {}),
                                         ("qwen3", {}), ("mistral", {"sliding_window": None})])
-def test_lean_prefill_and_decode_logits_equal_transformers(kind, extra):
+def test_lean_prefill_and_decode_logits_equal_transformers(kind, extra, packing, monkeypatch):
+    monkeypatch.setattr(lean_module, "MKL_PACKING", packing and lean_module.MKL_PACKING)
     model = _model(kind, **extra)
     assert lean_unsupported(model) is None
     lean = LeanForward(model)
@@ -91,3 +94,33 @@ def test_lean_layer_cache_appends_in_place_and_grows():
     cache.keys, cache.values = full[:, :, 3:], -full[:, :, 3:]  # the engine trims leading columns like this
     keys, _ = cache.append(chunks[1], chunks[1])
     assert torch.equal(keys, torch.cat([full[:, :, 3:], chunks[1]], dim=2))
+
+
+def test_lean_packs_for_the_decode_row_count_and_repacks_when_it_changes(monkeypatch):
+    """Packed weights serve calls with the row count they were packed for; other counts (prefill, a batch
+    that lost rows) take the plain product until a re-pack is due. The logits never change."""
+    if not lean_module.MKL_PACKING:
+        pytest.skip("this torch build has no MKL packed products")
+    monkeypatch.setattr(lean_module, "REPACK_EVERY", 3)
+    model = _model("qwen2")
+    lean = LeanForward(model)
+    ids, mask, pos = _left_padded(4, 6, [0, 2, 1, 0])
+    cache = lean.new_cache()
+    with torch.no_grad():
+        got = lean(ids, mask, pos, cache)
+        assert lean.lm_head.packed is None  # prefill rows are not a decode batch
+        packed_rows = []
+        for step in range(8):
+            if step == 2:  # two rows leave the batch
+                keep = torch.tensor([0, 2])
+                cache.batch_select_indices(keep)
+                ids, mask, pos, got = ids[keep], mask[keep], pos[keep], got[keep]
+            nxt = got.argmax(-1, keepdim=True)
+            ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+            pos = torch.cat([pos, pos[:, -1:] + 1], 1)
+            got = lean(nxt, mask, pos[:, -1:], cache)
+            packed_rows.append(lean.lm_head.packed_rows)
+            want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert packed_rows == [4, 4, 4, 2, 2, 2, 2, 2]  # re-packed for 2 rows once 3 steps had passed
+    assert all(p.packed_rows == 2 for p in lean.projections)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from srlm.engines.base import Completion
+from srlm.train.attention import use_short_key_attention
 from srlm.train.loop import enable_gradient_checkpointing
 from srlm.train.rollout_batch import completion_logprobs, pad_rollouts
 
@@ -50,9 +52,13 @@ def test_pad_rollouts_keeps_one_row_per_distinct_prompt():
     assert b.loss_mask.sum(1).tolist() == [1, 6, 0] * 3  # truncated completions carry no loss
 
 
-def test_shared_prefix_logprobs_and_gradients_equal_whole_sequences():
+@pytest.mark.parametrize("ragged", [False, True])  # equal groups share prompt rows by expand, others by index
+@pytest.mark.parametrize("short_keys", [False, True])  # transformers' sdpa, or srlm's CPU attention
+def test_shared_prefix_logprobs_and_gradients_equal_whole_sequences(ragged, short_keys):
     model = _model()
-    seqs = _rollouts()
+    if short_keys:
+        assert use_short_key_attention(model)
+    seqs = _rollouts()[:-1] if ragged else _rollouts()
     batch = pad_rollouts(seqs, pad_id=0)
     weights = torch.randn(batch.loss_mask.shape, generator=torch.Generator().manual_seed(2))
 

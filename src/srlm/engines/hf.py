@@ -256,19 +256,22 @@ class HFEngine:
                 batch = fresh if batch is None else _merge(batch, fresh)
             logits = batch.logits  # [B, V]
             if sampling.min_new_tokens and stops.ids.numel():
-                young = torch.tensor([len(r.tokens) < sampling.min_new_tokens for r in batch.rows],
-                                     device=logits.device)  # [B]
-                if bool(young.any()):
-                    logits[young.nonzero()[:, 0:1], stops.ids[None, :]] = float("-inf")
+                young = [len(r.tokens) < sampling.min_new_tokens for r in batch.rows]
+                if all(young):  # the usual case: rows that started together, one indexing op
+                    logits[:, stops.ids] = float("-inf")
+                elif any(young):
+                    rows = torch.tensor(young, device=logits.device).nonzero()  # [Y, 1]
+                    logits[rows, stops.ids[None, :]] = float("-inf")
             uniforms = None
             if sampling.temperature > 0:  # finished rows draw nothing: their streams stay untouched
                 uniforms = torch.tensor([0.0 if r.done else r.rng.random() for r in batch.rows],
                                         dtype=torch.float64)  # [B]
             tok = sample_next(logits.float(), sampling.temperature, sampling.top_p, uniforms)  # [B]
             tok_list, is_stop = torch.stack([tok, torch.isin(tok, stops.ids).long()]).tolist()  # one sync
-            live = 0
+            live, any_done = 0, False
             for row, t, stop in zip(batch.rows, tok_list, is_stop):
                 if row.done:
+                    any_done = True
                     continue
                 row.tokens.append(t)  # a stop token stays in token_ids (training needs it)
                 if stop or (stops.strings and self._hit_stop_string(row.tokens, stops)):
@@ -277,13 +280,17 @@ class HFEngine:
                     live += 1
                     continue
                 row.done, row.rng = True, None
+                any_done = True
                 finish(row)
             if not live:
                 batch = None
                 continue
-            done = torch.tensor([r.done for r in batch.rows], device=tok.device)  # [B]
-            tok = torch.where(done, pad, tok)  # [B] finished rows are fed padding
-            batch.mask = torch.cat([batch.mask, (~done).long()[:, None]], dim=1)  # [B, W + 1]
+            if any_done:
+                done = torch.tensor([r.done for r in batch.rows], device=tok.device)  # [B]
+                tok = torch.where(done, pad, tok)  # [B] finished rows are fed padding
+                batch.mask = torch.cat([batch.mask, (~done).long()[:, None]], dim=1)  # [B, W + 1]
+            else:
+                batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
             batch.logits = self._forward(tok[:, None], batch.mask, batch.next_pos, batch.cache)
             batch.next_pos = batch.next_pos + 1
 
