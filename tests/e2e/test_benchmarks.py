@@ -58,3 +58,9 @@ def test_grading_runs(tmp_path):
         {"response": "#### 7", "gold": "8", "expected": False}]) + "\n")
     out = run_benchmark("grading.py", str(cases))
     assert out["srlm"]["accuracy"] == 1.0 and out["srlm_hostile"]["cases"] > 0
+
+
+def test_decode_step_runs(tiny):
+    out = run_benchmark("decode_step.py", "--model", str(tiny), "--rows", "4", "--width", "8", "--rounds", "1",
+                        "--steps", "3")
+    assert out["packed_step_us"] > 0 and out["plain_step_us"] > 0 and out["rows"] == 4

@@ -100,8 +100,9 @@ class LeanCache:
         self.layers = [LeanLayerCache() for _ in range(n_layers)]
 
     def batch_select_indices(self, idx: torch.Tensor) -> None:
+        # index_select, not x[idx]: the advanced-indexing kernel took 6x longer on these [B, H, W, D] buffers
         for layer in self.layers:
-            layer._k, layer._v = layer._k[idx], layer._v[idx]
+            layer._k, layer._v = layer._k.index_select(0, idx), layer._v.index_select(0, idx)
 
 
 def _mkl_packing_available() -> bool:
@@ -122,9 +123,9 @@ class Projection:
     A decode step multiplies a few dozen rows by matrices of thousands of columns, and a plain BLAS call
     re-packs the whole weight into its blocked layout every time, which costs about as much as the
     product. On CPU builds with MKL, `pack(rows)` keeps a copy of the weight packed for calls with exactly
-    that many rows: on this project's 2-core machine those products run 25-45% faster (tiny model, 32
-    rows) and up to 2x faster (Qwen2.5-0.5B's MLP, 8 rows); see `benchmarks/decode_step.py`. Other row
-    counts (prefill) take the plain product. Elsewhere (GPU, other BLAS) the weight is stored [in, out]:
+    that many rows: on this project's 2-core machine those products alone run 25-45% faster (bench model,
+    32 rows) and up to 2x faster (Qwen2.5-0.5B-sized MLP, 8 rows), a whole decode step of the bench model
+    11-23% faster (`benchmarks/decode_step.py`). Other row counts (prefill) take the plain product. Elsewhere (GPU, other BLAS) the weight is stored [in, out]:
     with a few dozen rows, x @ W in that layout runs up to 1.6x faster on CPU than F.linear.
     """
 

@@ -103,10 +103,14 @@ def _copy_prompt_rows(cache, owner: torch.Tensor) -> None:
     n_prompts = int(owner.max()) + 1
     group = len(owner) // n_prompts
     layers = list(getattr(cache, "layers", []))
-    uniform = (group * n_prompts == len(owner) and layers and all(type(layer) is DynamicLayer for layer in layers)
+    if not layers or not all(type(layer) is DynamicLayer for layer in layers):
+        cache.batch_select_indices(owner)
+        return
+    uniform = (group * n_prompts == len(owner)
                and torch.equal(owner, torch.arange(n_prompts, device=owner.device).repeat_interleave(group)))
     if not uniform:
-        cache.batch_select_indices(owner)
+        for layer in layers:  # index_select: the advanced-indexing kernel is several times slower here
+            layer.keys, layer.values = layer.keys.index_select(0, owner), layer.values.index_select(0, owner)
         return
     for layer in layers:  # keys, values: [P, H, Lp, D] -> [P * G, H, Lp, D]
         layer.keys = layer.keys[:, None].expand(-1, group, -1, -1, -1).flatten(0, 1)

@@ -1,0 +1,80 @@
+"""Decode-step time of the lean forward, with MKL's pre-packed weights and with plain products.
+
+    python benchmarks/decode_step.py [--model DIR] [--rows 32] [--width 96] [--rounds 4]
+
+Runs one decode step (every row adds one token to a `width`-column cache) many times, alternating the two
+kinds of products so that both see the same machine state, and prints one JSON object with the median
+microseconds per step of each. Default model: ../shared/bench/make_tiny.py's (the GRPO bench's). Not a
+test: timings depend on the machine and what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grpo_step import ensure_model  # noqa: E402  (the bench model, built on demand)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="model folder (default: build ../shared/bench/make_tiny.py's model)")
+    ap.add_argument("--rows", type=int, default=32, help="rows decoded together (the bench: 4 prompts x 8)")
+    ap.add_argument("--width", type=int, default=96, help="cached tokens per row before the step")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=100, help="timed steps per round and kind")
+    args = ap.parse_args()
+
+    import torch
+
+    import srlm.engines.lean as lean
+    from srlm.models import load_model
+
+    model, _ = load_model(ensure_model(args.model), torch.device("cpu"), dtype="float32")
+    model.eval()
+    vocab = model.config.vocab_size
+    b, w = args.rows, args.width
+    ids = torch.randint(0, vocab, (b, w))
+    mask = torch.ones(b, w + 1, dtype=torch.long)
+    positions = torch.arange(w)[None].expand(b, -1)
+    step_ids, step_pos = torch.randint(0, vocab, (b, 1)), torch.full((b, 1), w)
+
+    def time_steps(packing: bool) -> float:
+        lean.MKL_PACKING = packing and available
+        forward = lean.LeanForward(model)
+        cache = forward.new_cache()
+        forward(ids, mask[:, :w], positions, cache)
+        width = cache.layers[0].width
+
+        def step():
+            for layer in cache.layers:  # the same step again: forget the column the last one wrote
+                layer.width = width
+            forward(step_ids, mask, step_pos, cache)
+
+        for _ in range(10):
+            step()
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        return (time.perf_counter() - t) / args.steps * 1e6
+
+    available = lean.MKL_PACKING
+    runs: dict[str, list[float]] = {"packed": [], "plain": []}
+    for _ in range(args.rounds):
+        runs["packed"].append(time_steps(True))
+        runs["plain"].append(time_steps(False))
+    packed, plain = statistics.median(runs["packed"]), statistics.median(runs["plain"])
+    print(json.dumps({
+        "model": str(ensure_model(args.model)), "rows": b, "width": w, "threads": torch.get_num_threads(),
+        "mkl_packing_available": available, "packed_step_us": round(packed, 1), "plain_step_us": round(plain, 1),
+        "speedup": round(plain / packed, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
