@@ -63,10 +63,6 @@ def load_model(name_or_path: str | Path, device: torch.device, dtype: str = "aut
     except (OSError, ValueError) as e:
         raise UserError(f"could not load a model from {name_or_path}: {str(e).splitlines()[0]}") from None
     model.to(device)
-    if device.type == "cpu":
-        from srlm.train.attention import use_short_key_attention
-
-        use_short_key_attention(model)  # faster for short sequences on CPU; not saved with the model
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
