@@ -4,12 +4,12 @@ sliding window), used by the HF engine in place of the transformers forward when
 Why: at decode time a small model's step is a handful of small matrix products, and the transformers
 module stack (per-layer Python, mask building, a KV cache that is concatenated anew at every token)
 costs as much again: on the bench's tiny model (2 CPU cores, 32 rows) a decode step took 12-15 ms, of
-which the products are about 3 ms, against about 6.5 ms here. This computes the same function from the same live weights with
-fused q/k/v and gate/up projections (fewer, larger products), grouped-query attention that never
-repeats keys, and a KV cache with spare capacity that tokens are written into. On CPU builds with MKL
-the products use weights that MKL has packed once for the decode batch's row count (see `Projection`).
-It reads the weights at construction, so an engine builds one per `generate` call and always decodes the
-current policy.
+which the products are about 3 ms, against about 6.5 ms here (5.5 ms with packed weights). This computes
+the same function from the same live weights with fused q/k/v and gate/up projections (fewer, larger
+products), grouped-query attention that never repeats keys, and a KV cache with spare capacity that
+tokens are written into. On CPU builds with MKL the products use weights that MKL has packed once for
+the decode batch's row count (see `Projection`). It reads the weights at construction, so an engine
+builds one per `generate` call and always decodes the current policy.
 
 Anything it does not recognise (another architecture, sliding windows, other activations, peft
 wrappers) is reported by `lean_unsupported` and the engine keeps the transformers forward.
@@ -125,8 +125,9 @@ class Projection:
     product. On CPU builds with MKL, `pack(rows)` keeps a copy of the weight packed for calls with exactly
     that many rows: on this project's 2-core machine those products alone run 25-45% faster (bench model,
     32 rows) and up to 2x faster (Qwen2.5-0.5B-sized MLP, 8 rows), a whole decode step of the bench model
-    11-23% faster (`benchmarks/decode_step.py`). Other row counts (prefill) take the plain product. Elsewhere (GPU, other BLAS) the weight is stored [in, out]:
-    with a few dozen rows, x @ W in that layout runs up to 1.6x faster on CPU than F.linear.
+    11-23% faster (`benchmarks/decode_step.py`). Other row counts (prefill) take the plain product.
+    Elsewhere (GPU, other BLAS) the weight is stored [in, out]: with a few dozen rows, x @ W in that layout
+    runs up to 1.6x faster on CPU than F.linear.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -173,16 +174,15 @@ class LeanForward:
         self._cos: torch.Tensor | None = None  # [N, D]
         self._sin: torch.Tensor | None = None  # [N, D], with rotate_half's sign folded in
         self.layers = [_fused_layer(layer) for layer in inner.layers]
-        self.projections = [self.lm_head] + [layer[k] for layer in self.layers for k in ("qkv", "o", "gate_up", "down")]
+        self.projections = [self.lm_head] + [layer[k] for layer in self.layers
+                                             for k in ("qkv", "o", "gate_up", "down")]
         self._steps_since_pack = REPACK_EVERY
 
     def new_cache(self) -> LeanCache:
         return LeanCache(len(self.layers))
 
     @torch.inference_mode()
-    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: LeanCache,
-                 all_positions: bool = False):
-        """Logits of the last position [B, V], or of every position [B, S, V] with `all_positions`."""
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: LeanCache):
         x = F.embedding(ids, self.embed)  # [B, S, E]
         cos, sin = self._rotation(x, positions)  # [B, S, D] each
         cos, sin = cos[:, :, None], sin[:, :, None]  # [B, S, 1, D]: one rotation for every head
@@ -206,8 +206,6 @@ class LeanForward:
             h = F.rms_norm(x, x.shape[-1:], *layer["norm2"])
             gate, up = layer["gate_up"](h).chunk(2, dim=-1)  # [B, S, I] each
             x = x + layer["down"](F.silu(gate) * up)
-        if all_positions:
-            return self.lm_head(F.rms_norm(x, x.shape[-1:], *self.final_norm))  # [B, S, V]
         last = F.rms_norm(x[:, -1], x.shape[-1:], *self.final_norm)  # [B, E]
         return self.lm_head(last)  # [B, V]
 

@@ -95,8 +95,8 @@ def _copy_prompt_rows(cache, owner: torch.Tensor) -> None:
     """Give completion row b the cached keys and values of prompt `owner[b]` ([P, ...] -> [B, ...]).
 
     When the rows come in equal consecutive groups (GRPO's G samples of each prompt) this is an expand,
-    whose backward sums each group: the general index's backward scatters, which took about 1 ms per
-    layer on the bench's workload.
+    whose backward sums each group; an index's backward scatters, which took about 1 ms per layer on the
+    bench's workload.
     """
     from transformers.cache_utils import DynamicLayer
 
