@@ -35,7 +35,9 @@ def main() -> None:
     import srlm.engines.lean as lean
     from srlm.models import load_model
 
-    model, _ = load_model(ensure_model(args.model), torch.device("cpu"), dtype="float32")
+    model_dir = ensure_model(args.model)
+    model, _ = load_model(model_dir, torch.device("cpu"), dtype="float32")
+    available = lean.MKL_PACKING  # this build's answer, before the runs below switch it off and on
     model.eval()
     vocab = model.config.vocab_size
     b, w = args.rows, args.width
@@ -63,14 +65,13 @@ def main() -> None:
             step()
         return (time.perf_counter() - t) / args.steps * 1e6
 
-    available = lean.MKL_PACKING
     runs: dict[str, list[float]] = {"packed": [], "plain": []}
     for _ in range(args.rounds):
         runs["packed"].append(time_steps(True))
         runs["plain"].append(time_steps(False))
     packed, plain = statistics.median(runs["packed"]), statistics.median(runs["plain"])
     print(json.dumps({
-        "model": str(ensure_model(args.model)), "rows": b, "width": w, "threads": torch.get_num_threads(),
+        "model": str(model_dir), "rows": b, "width": w, "threads": torch.get_num_threads(),
         "mkl_packing_available": available, "packed_step_us": round(packed, 1), "plain_step_us": round(plain, 1),
         "speedup": round(plain / packed, 3),
     }))

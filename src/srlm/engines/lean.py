@@ -124,8 +124,9 @@ class Projection:
     re-packs the whole weight into its blocked layout every time, which costs about as much as the
     product. On CPU builds with MKL, `pack(rows)` keeps a copy of the weight packed for calls with exactly
     that many rows: on this project's 2-core machine those products alone run 25-45% faster (bench model,
-    32 rows) and up to 2x faster (Qwen2.5-0.5B-sized MLP, 8 rows), a whole decode step of the bench model
-    11-23% faster (`benchmarks/decode_step.py`). Other row counts (prefill) take the plain product.
+    32 rows) and up to 2x faster (Qwen2.5-0.5B-sized MLP, 8 rows); a whole decode step of the bench model
+    0.98-1.15x as fast, median 1.09x over four runs of `benchmarks/decode_step.py` (on a busy machine the
+    gain can vanish). Other row counts (prefill) take the plain product.
     Elsewhere (GPU, other BLAS) the weight is stored [in, out]: with a few dozen rows, x @ W in that layout
     runs up to 1.6x faster on CPU than F.linear.
     """
