@@ -146,6 +146,47 @@ def test_two_process_update_equals_one_process(tiny, tmp_path, aggregation):
     assert sa["loss"] == pytest.approx(sb["loss"], rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("mu", [1, 2])
+def test_reference_beside_the_policy_gives_the_sequential_update(tiny, mu):
+    """With >= 2 CPU threads the frozen reference runs beside the policy forward (`run_beside`); with one
+    thread, one after the other. Same update, same statistics."""
+    import copy
+
+    from srlm.engines.base import Completion
+    from srlm.models import load_model
+    from srlm.train.grpo import grpo_update
+    from srlm.train.loop import init_distributed
+
+    cfg = GRPOConfig(prompts_per_step=2, group_size=4, micro_batch_size=4, beta=0.04, lr=1e-2, mu=mu)
+    g = torch.Generator().manual_seed(3)
+    seqs = [(torch.randint(10, 200, (3 + i // 4,), generator=g).tolist(),
+             Completion(torch.randint(10, 200, (2 + i % 5,), generator=g).tolist(), "", "stop")) for i in range(8)]
+    adv = torch.linspace(-1.0, 1.0, 8)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            model, tok = load_model(tiny, torch.device("cpu"), dtype="float32")
+            ref = copy.deepcopy(model).eval().requires_grad_(False)
+            with torch.no_grad():  # a reference away from the policy: the KL term is not zero at the start
+                for p in ref.parameters():
+                    p.mul_(1.05)
+            opt = torch.optim.SGD(model.parameters(), lr=1.0)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+            stats = grpo_update(model, ref, opt, sched, seqs, adv, cfg, tok.pad_token_id,
+                                init_distributed(torch.device("cpu")), False)
+            results.append((stats, {k: v.clone() for k, v in model.state_dict().items()}))
+    finally:
+        torch.set_num_threads(before)
+    (s1, w1), (s2, w2) = results
+    assert s1["kl"] > 1e-5  # the reference took part
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-6, rtol=1e-5), k
+    for k in ("loss", "kl", "entropy", "clip_fraction"):
+        assert s1[k] == pytest.approx(s2[k], rel=1e-5, abs=1e-7), k
+
+
 class _EngineWithOwnWeights:
     """Stands in for vLLM on CPU: a separate copy of the model that only changes through `load_weights`."""
 

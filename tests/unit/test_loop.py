@@ -11,7 +11,7 @@ from srlm.data.collate import IGNORE_INDEX, TokenizedExample, pack_rows, packed_
 from srlm.errors import UserError
 from srlm.train.loop import (
     Dist, MetricsLog, clip_and_step_tensor, load_resume_checkpoint, lr_factor, make_optimizer, make_scheduler,
-    read_metrics, save_resume_checkpoint, sum_gradients,
+    read_metrics, run_beside, save_resume_checkpoint, sum_gradients,
 )
 from srlm.train.losses import sft_loss
 from srlm.train.sft import collate, completion_for, is_paper_completion, load_stage_records, sft_step_loss
@@ -265,3 +265,47 @@ def _swap_tokenizer(tok, vocab):
     spec = json.loads(tok.backend_tokenizer.to_str())
     spec["model"]["vocab"] = {k: v for k, v in vocab.items() if k in spec["model"]["vocab"]}
     return Tokenizer.from_str(json.dumps(spec))
+
+
+# ------------------------------------------------------------------------------------------ run_beside
+
+
+def test_run_beside_returns_both_results_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = {}
+
+        def side():
+            seen["side_grad"] = torch.is_grad_enabled()
+            seen["side_threads"] = torch.get_num_threads()
+            return torch.arange(6.0).sum()
+
+        def main():
+            seen["main_threads"] = torch.get_num_threads()
+            x = torch.ones(3, requires_grad=True)
+            return (x * 2).sum()
+
+        side_out, main_out = run_beside(side, main)
+        assert float(side_out) == 15.0 and float(main_out.detach()) == 6.0
+        assert main_out.requires_grad  # the main pass keeps autograd; the side pass runs without it
+        assert seen == {"side_grad": False, "side_threads": 1, "main_threads": 1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("failing", ["side", "main"])
+def test_run_beside_raises_either_pass_error_and_restores_threads(failing):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+
+    def boom():
+        raise ValueError(f"{failing} failed")
+
+    try:
+        with pytest.raises(ValueError, match=f"{failing} failed"):
+            run_beside(boom if failing == "side" else (lambda: 1), boom if failing == "main" else (lambda: 2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -31,9 +31,9 @@ from srlm.grading.rewards import REWARDS
 from srlm.grading import grade
 from srlm.models import apply_lora, hf_weights, is_peft, load_model, save_model
 from srlm.train.loop import (
-    MetricsLog, Timer, all_reduce_sum, broadcast_parameters, clip_and_step, enable_gradient_checkpointing,
-    init_distributed, load_resume_checkpoint, make_optimizer, make_scheduler, progress_bar, save_resume_checkpoint,
-    sum_gradients,
+    MetricsLog, Timer, all_reduce_sum, broadcast_parameters, can_run_beside, clip_and_step,
+    enable_gradient_checkpointing, init_distributed, load_resume_checkpoint, make_optimizer, make_scheduler,
+    progress_bar, run_beside, save_resume_checkpoint, sum_gradients,
 )
 from srlm.train.losses import AGGREGATIONS, group_advantages, grpo_loss
 from srlm.train.rollout_batch import completion_logprobs, pad_rollouts
@@ -303,14 +303,26 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
     minibatch = cfg.minibatch_size or cfg.prompts_per_step * cfg.group_size  # global sequences per update
     local_mb = minibatch // d.world
     need_old = cfg.mu > 1 or local_mb < n_local
+
+    def reference(batch):
+        with (model.disable_adapter() if is_peft(model) else nullcontext()):
+            return completion_logprobs(ref_model or model, batch, cfg.temperature, use_bf16)[0]
+
+    # A separate frozen reference on CPU runs beside the policy's forward on the same batch, each on half
+    # of the cores (see `run_beside`): beside the update's forward, or beside pi_old's when that is needed.
+    beside = cfg.beta > 0 and ref_model is not None and can_run_beside(device)
     old_logps, ref_logps = [], []
     with torch.no_grad():
         for batch in padded:
-            old_logps.append(completion_logprobs(model, batch, cfg.temperature, use_bf16)[0] if need_old else None)
-            ref = None
-            if cfg.beta > 0:
-                with (model.disable_adapter() if is_peft(model) else nullcontext()):
-                    ref = completion_logprobs(ref_model or model, batch, cfg.temperature, use_bf16)[0]
+            old, ref = None, None
+            if need_old and beside:
+                ref, old = run_beside(lambda: reference(batch),
+                                      lambda: completion_logprobs(model, batch, cfg.temperature, use_bf16)[0])
+            elif need_old:
+                old = completion_logprobs(model, batch, cfg.temperature, use_bf16)[0]
+            if cfg.beta > 0 and ref is None and not beside:
+                ref = reference(batch)
+            old_logps.append(old)
             ref_logps.append(ref)
     totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0}
     n_updates, n_tok = 0, 0.0
@@ -322,7 +334,12 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
             loss_total = 0.0
             for k in mb_chunks:
                 comp = padded[k].loss_mask  # [b, Lc]
-                logp, ent = completion_logprobs(model, padded[k], cfg.temperature, use_bf16, with_entropy=True)
+                policy = lambda: completion_logprobs(model, padded[k], cfg.temperature, use_bf16,  # noqa: E731
+                                                     with_entropy=True)
+                if ref_logps[k] is None and cfg.beta > 0:  # computed here, beside the policy's forward
+                    ref_logps[k], (logp, ent) = run_beside(lambda: reference(padded[k]), policy)
+                else:
+                    logp, ent = policy()
                 old = old_logps[k] if old_logps[k] is not None else logp.detach()
                 loss, st = grpo_loss(logp, old, advantages[chunks[k]].to(device), comp, ref_logp=ref_logps[k],
                                      beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
