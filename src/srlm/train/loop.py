@@ -155,11 +155,11 @@ def run_beside(side: Callable[[], Any], main: Callable[[], Any]) -> tuple[Any, A
 
     Why: two independent passes over small matrices (GRPO's frozen reference model and the policy on the
     same batch) scale poorly from one core to two: on the bench's tiny model on 2 cores the reference
-    forward ran 1.7x and the policy's 1.5x faster on two threads than on one. Run side by side, one core
-    each, they keep their own caches and overlap each other's serial work: 0.68 s for both plus the
-    backward against 0.75 s one after the other. Each pass computes the same function as alone; on this
-    machine's MKL the results were bitwise equal (matrix products do not split the summed dimension
-    across threads).
+    forward ran 1.7x and the policy's 1.5x faster on two threads than on one. Side by side, one core each,
+    they overlap each other's serial work; they still share the memory bus, so the gain is modest: a whole
+    bench update (both forwards and the backward) took 0.728 s against 0.756 s one after the other (medians,
+    28 ms paired, 11 pairs). Each pass computes the same function as alone; with this machine's MKL the
+    results were bitwise equal (a GRPO run's per-step metrics matched to the last digit).
     """
     global _SIDE_THREAD
     if _SIDE_THREAD is None:  # one long-lived helper: its OpenMP thread team is made once
