@@ -308,20 +308,21 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
         with (model.disable_adapter() if is_peft(model) else nullcontext()):
             return completion_logprobs(ref_model or model, batch, cfg.temperature, use_bf16)[0]
 
+    def pi_old(batch):
+        return completion_logprobs(model, batch, cfg.temperature, use_bf16)[0]
+
     # A separate frozen reference on CPU runs beside the policy's forward on the same batch, each on half
-    # of the cores (see `run_beside`): beside the update's forward, or beside pi_old's when that is needed.
+    # of the cores (see `run_beside`): beside pi_old's when that is needed, else beside the update's forward
+    # (left None here).
     beside = cfg.beta > 0 and ref_model is not None and can_run_beside(device)
     old_logps, ref_logps = [], []
     with torch.no_grad():
         for batch in padded:
-            old, ref = None, None
             if need_old and beside:
-                ref, old = run_beside(lambda: reference(batch),
-                                      lambda: completion_logprobs(model, batch, cfg.temperature, use_bf16)[0])
-            elif need_old:
-                old = completion_logprobs(model, batch, cfg.temperature, use_bf16)[0]
-            if cfg.beta > 0 and ref is None and not beside:
-                ref = reference(batch)
+                ref, old = run_beside(lambda: reference(batch), lambda: pi_old(batch))
+            else:
+                old = pi_old(batch) if need_old else None
+                ref = reference(batch) if cfg.beta > 0 and not beside else None
             old_logps.append(old)
             ref_logps.append(ref)
     totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0}
