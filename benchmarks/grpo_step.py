@@ -4,7 +4,7 @@ Workload: the bench's tiny model (make_tiny.py), 4 chat-formatted `What is a + b
 8 completions each, exactly 64 new tokens, temperature 1, beta 0.04 (reference model on), epsilon 0.2,
 one update per generation batch, lr 1e-5, reward len(set(text)) / 10.
 
-    python benchmarks/grpo_step.py [--model DIR] [--steps 8]
+    python benchmarks/grpo_step.py [--model DIR] [--steps 8] [--no-lean-forward]
 
 Prints one JSON object: median seconds per step over the steps after the first, and its split into
 generate / score / train. Not a test: timings depend on the machine and what else runs on it.
@@ -47,6 +47,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model folder (default: build ../shared/bench/make_tiny.py's model)")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--no-lean-forward", dest="lean_forward", action="store_false",
+                    help="grpo.lean_forward: false (training passes through the transformers forward)")
     args = ap.parse_args()
 
     import torch
@@ -65,13 +67,15 @@ def main() -> None:
         data=DatasetRef(name="bench_add"), prompt="bare", steps=args.steps, prompts_per_step=4, group_size=8,
         max_new_tokens=64, min_new_tokens=64, stop=[], temperature=1.0, top_p=1.0, beta=0.04, epsilon=0.2,
         lr=1e-5, rewards=["variety"], micro_batch_size=32, collapse={"enabled": False},
+        lean_forward=args.lean_forward,
     )
     run_grpo(cfg, model, work / "out", torch.device("cpu"), progress=False)
     m = read_metrics(work / "out" / "metrics.jsonl")[1:]
     med = lambda k: statistics.median(x[k] for x in m)  # noqa: E731
     print(json.dumps({
         "workload": "grpo 4x8, 64 new tokens, beta 0.04, tiny model",
-        "model": str(model), "steps": args.steps, "threads": torch.get_num_threads(),
+        "model": str(model), "steps": args.steps, "lean_forward": args.lean_forward,
+        "threads": torch.get_num_threads(),
         "median_step_s": round(med("seconds/step"), 4),
         "generate_s": round(med("seconds/generate"), 4), "score_s": round(med("seconds/score"), 4),
         "train_s": round(med("seconds/train"), 4),

@@ -225,6 +225,11 @@ class GRPOConfig(OptimConfig):
                           "copy that gets the policy's weights after every update.")
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="GPU memory fraction vLLM may take (the trainer shares the GPU).")
+    lean_forward: bool = Field(
+        True, description="Training passes through srlm's lean forward (Llama-family models in fp32; see "
+                          "train/lean_forward.py): the same function with fewer ops, faster on CPU; equal to "
+                          "the transformers forward up to float rounding. Models it does not cover keep the "
+                          "transformers forward; false always uses it.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     collapse: CollapseGuardConfig = Field(default_factory=CollapseGuardConfig)
 

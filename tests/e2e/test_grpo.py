@@ -146,37 +146,49 @@ def test_two_process_update_equals_one_process(tiny, tmp_path, aggregation):
     assert sa["loss"] == pytest.approx(sb["loss"], rel=1e-5, abs=1e-7)
 
 
-@pytest.mark.parametrize("mu", [1, 2])
-def test_reference_beside_the_policy_gives_the_sequential_update(tiny, mu):
-    """With >= 2 CPU threads the frozen reference runs beside the policy forward (`run_beside`); with one
-    thread, one after the other. Same update, same statistics."""
+def _update_beside_a_moved_reference(tiny, cfg, seqs, adv):
+    """One `grpo_update` of a fresh tiny policy, against a frozen reference moved away from it (so the KL
+    term is not zero at the start); returns the statistics and the updated weights."""
     import copy
 
-    from srlm.engines.base import Completion
     from srlm.models import load_model
     from srlm.train.grpo import grpo_update
     from srlm.train.loop import init_distributed
 
-    cfg = GRPOConfig(prompts_per_step=2, group_size=4, micro_batch_size=4, beta=0.04, lr=1e-2, mu=mu)
-    g = torch.Generator().manual_seed(3)
+    model, tok = load_model(tiny, torch.device("cpu"), dtype="float32")
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.mul_(1.05)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    stats = grpo_update(model, ref, opt, sched, seqs, adv, cfg, tok.pad_token_id,
+                        init_distributed(torch.device("cpu")), False)
+    return stats, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _random_rollouts(seed: int):
+    """Two prompts x four completions of unequal lengths, with advantages from -1 to 1."""
+    from srlm.engines.base import Completion
+
+    g = torch.Generator().manual_seed(seed)
     seqs = [(torch.randint(10, 200, (3 + i // 4,), generator=g).tolist(),
              Completion(torch.randint(10, 200, (2 + i % 5,), generator=g).tolist(), "", "stop")) for i in range(8)]
-    adv = torch.linspace(-1.0, 1.0, 8)
+    return seqs, torch.linspace(-1.0, 1.0, 8)
+
+
+@pytest.mark.parametrize("mu", [1, 2])
+def test_reference_beside_the_policy_gives_the_sequential_update(tiny, mu):
+    """With >= 2 CPU threads the frozen reference runs beside the policy forward (`run_beside`); with one
+    thread, one after the other. Same update, same statistics."""
+    cfg = GRPOConfig(prompts_per_step=2, group_size=4, micro_batch_size=4, beta=0.04, lr=1e-2, mu=mu)
+    seqs, adv = _random_rollouts(3)
     before = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            model, tok = load_model(tiny, torch.device("cpu"), dtype="float32")
-            ref = copy.deepcopy(model).eval().requires_grad_(False)
-            with torch.no_grad():  # a reference away from the policy: the KL term is not zero at the start
-                for p in ref.parameters():
-                    p.mul_(1.05)
-            opt = torch.optim.SGD(model.parameters(), lr=1.0)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-            stats = grpo_update(model, ref, opt, sched, seqs, adv, cfg, tok.pad_token_id,
-                                init_distributed(torch.device("cpu")), False)
-            results.append((stats, {k: v.clone() for k, v in model.state_dict().items()}))
+            results.append(_update_beside_a_moved_reference(tiny, cfg, seqs, adv))
     finally:
         torch.set_num_threads(before)
     (s1, w1), (s2, w2) = results
@@ -185,6 +197,38 @@ def test_reference_beside_the_policy_gives_the_sequential_update(tiny, mu):
         assert torch.allclose(w1[k], w2[k], atol=1e-6, rtol=1e-5), k
     for k in ("loss", "kl", "entropy", "clip_fraction"):
         assert s1[k] == pytest.approx(s2[k], rel=1e-5, abs=1e-7), k
+
+
+def test_lean_forward_serves_every_training_pass_and_gives_the_transformers_update(tiny, monkeypatch):
+    """`grpo.lean_forward` (the default) sends the policy's, pi_old's and the reference's passes through
+    `lean_completion_logits`; the update equals the transformers path's up to float rounding."""
+    import srlm.train.rollout_batch as rollout_batch
+
+    calls = []
+    lean_logits = rollout_batch.lean_completion_logits
+
+    def counting(model, batch):
+        calls.append(torch.is_grad_enabled())
+        return lean_logits(model, batch)
+
+    monkeypatch.setattr(rollout_batch, "lean_completion_logits", counting)
+    seqs, adv = _random_rollouts(4)
+    results = {}
+    for lean in (True, False):
+        calls.clear()
+        cfg = GRPOConfig(prompts_per_step=2, group_size=4, micro_batch_size=4, beta=0.04, lr=1e-2, mu=2,
+                         lean_forward=lean)
+        results[lean] = (*_update_beside_a_moved_reference(tiny, cfg, seqs, adv), list(calls))
+    assert GRPOConfig().lean_forward
+    # 2 micro-batches: pi_old and the reference once each (no gradients), the policy once per pass (mu = 2)
+    assert sorted(results[True][2]) == [False] * 4 + [True] * 4
+    assert results[False][2] == []
+    (s1, w1, _), (s2, w2, _) = results[True], results[False]
+    assert s1["kl"] > 1e-5
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4, msg=k)
+    for k in ("loss", "kl", "entropy"):
+        assert s1[k] == pytest.approx(s2[k], rel=1e-4, abs=1e-6), k
 
 
 class _EngineWithOwnWeights:

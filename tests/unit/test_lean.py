@@ -124,3 +124,60 @@ def test_lean_packs_for_the_decode_row_count_and_repacks_when_it_changes(monkeyp
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert packed_rows == [4, 4, 4, 2, 2, 2, 2, 2]  # re-packed for 2 rows once 3 steps had passed
     assert all(p.packed_rows == 2 for p in lean.projections)
+
+
+# ----------------------------------------------------------------------------- lean training forward
+
+
+def _rollout_batch(uniform: bool):
+    """Prompts of different lengths (left padding), completions of different lengths (right padding)."""
+    from srlm.engines.base import Completion
+    from srlm.train.rollout_batch import pad_rollouts
+
+    g = torch.Generator().manual_seed(0)
+    seqs = []
+    for n_prompt in (7, 12, 9):
+        prompt = torch.randint(3, 50, (n_prompt,), generator=g).tolist()
+        for n in (2, 6, 11):
+            seqs.append((prompt, Completion(torch.randint(3, 50, (n,), generator=g).tolist(), "", "stop")))
+    return pad_rollouts(seqs if uniform else seqs[:-1], pad_id=0)  # without the last: unequal groups
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("kind,extra", [("qwen2", {}), ("llama", {"attention_bias": True}), ("llama", {}),
+                                        ("qwen3", {}), ("mistral", {"sliding_window": None})])
+def test_lean_training_logprobs_and_gradients_equal_transformers(kind, extra, uniform):
+    from srlm.train.lean_forward import lean_training_unsupported
+    from srlm.train.rollout_batch import completion_logprobs
+
+    model = _model(kind, **extra).train()
+    with torch.no_grad():  # moderate weights: large ones saturate the softmax and hide gradient errors
+        for p in model.parameters():
+            p.mul_(0.3)
+    assert lean_training_unsupported(model, use_bf16=False) is None
+    batch = _rollout_batch(uniform)
+    weights = torch.randn(batch.loss_mask.shape, generator=torch.Generator().manual_seed(2))
+
+    def run(lean: bool):
+        model.zero_grad()
+        logp, ent = completion_logprobs(model, batch, temperature=0.7, with_entropy=True, lean=lean)
+        (logp * weights * batch.loss_mask).sum().backward()
+        return logp.detach(), ent, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    want_logp, want_ent, want_grads = run(lean=False)
+    got_logp, got_ent, got_grads = run(lean=True)
+    mask = batch.loss_mask.bool()
+    torch.testing.assert_close(got_logp[mask], want_logp[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_ent[mask], want_ent[mask], atol=1e-5, rtol=1e-5)
+    for name, want in want_grads.items():
+        assert want.abs().max() > 0, name  # every parameter is exercised
+        torch.testing.assert_close(got_grads[name], want, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_lean_training_declines_what_it_does_not_compute():
+    from srlm.train.lean_forward import lean_training_unsupported
+
+    assert "bf16" in lean_training_unsupported(_model("qwen2"), use_bf16=True)
+    assert "dropout" in lean_training_unsupported(_model("qwen2", attention_dropout=0.1).train(), use_bf16=False)
+    assert "float32" in lean_training_unsupported(_model("qwen2").to(torch.bfloat16), use_bf16=False)
+    assert lean_training_unsupported(_model("mistral", sliding_window=16), use_bf16=False) is not None

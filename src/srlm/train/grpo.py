@@ -306,10 +306,11 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
 
     def reference(batch):
         with (model.disable_adapter() if is_peft(model) else nullcontext()):
-            return completion_logprobs(ref_model or model, batch, cfg.temperature, use_bf16)[0]
+            return completion_logprobs(ref_model or model, batch, cfg.temperature, use_bf16,
+                                       lean=cfg.lean_forward)[0]
 
     def pi_old(batch):
-        return completion_logprobs(model, batch, cfg.temperature, use_bf16)[0]
+        return completion_logprobs(model, batch, cfg.temperature, use_bf16, lean=cfg.lean_forward)[0]
 
     # A separate frozen reference on CPU runs beside the policy's forward on the same batch, each on half
     # of the cores (see `run_beside`): beside pi_old's when that is needed, else beside the update's forward
@@ -336,7 +337,7 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
             for k in mb_chunks:
                 comp = padded[k].loss_mask  # [b, Lc]
                 policy = lambda: completion_logprobs(model, padded[k], cfg.temperature, use_bf16,  # noqa: E731
-                                                     with_entropy=True)
+                                                     with_entropy=True, lean=cfg.lean_forward)
                 if ref_logps[k] is None and cfg.beta > 0:  # computed here, beside the policy's forward
                     ref_logps[k], (logp, ent) = run_beside(lambda: reference(padded[k]), policy)
                 else:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from srlm.data.collate import distinct_left_padded
+from srlm.train.lean_forward import lean_completion_logits, lean_training_unsupported
 from srlm.train.loop import is_checkpointing
 from srlm.train.losses import token_entropy, token_logprobs
 
@@ -51,12 +52,13 @@ def pad_rollouts(seqs, pad_id: int, mask_truncated: bool = False) -> RolloutBatc
 
 
 def completion_logprobs(model, batch: RolloutBatch, temperature: float, use_bf16: bool = False,
-                        with_entropy: bool = False):
+                        with_entropy: bool = False, lean: bool = False):
     """log pi(completion token) at every completion position [B, Lc] (and the entropy there when asked).
 
     `temperature` tempers the distribution as sampling did (pi_old is the tempered sampling policy).
     Models that cannot carry a prompt cache into a training forward (gradient checkpointing turns the
-    cache off) run the full sequences instead: same numbers, more work.
+    cache off) run the full sequences instead: same numbers, more work. With `lean`, models that
+    `train/lean_forward.py` covers go through it (same function, fewer ops, float rounding aside).
     """
     device = batch.prompt_ids.device
     t = temperature if temperature > 0 else 1.0
@@ -64,6 +66,8 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float, use_bf16
     with autocast:
         if is_checkpointing(model):
             logits = _full_sequence_logits(model, batch)
+        elif lean and batch.completion_ids.shape[1] > 1 and lean_training_unsupported(model, use_bf16) is None:
+            logits = lean_completion_logits(model, batch)  # [B, Lc, V]
         else:
             logits = _shared_prefix_logits(model, batch)  # [B, Lc, V]
     logp = token_logprobs(logits, batch.completion_ids, temperature=t)  # [B, Lc]
