@@ -14,9 +14,9 @@ def _model(kind: str, **extra):
 
     config_cls = {"qwen2": transformers.Qwen2Config, "llama": transformers.LlamaConfig,
                   "qwen3": transformers.Qwen3Config, "mistral": transformers.MistralConfig}[kind]
-    cfg = config_cls(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                     tie_word_embeddings=kind != "llama", **extra)
+    cfg = config_cls(**{**dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                tie_word_embeddings=kind != "llama"), **extra})
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():  # large weights, so that mistakes show in the logits
@@ -181,3 +181,55 @@ def test_lean_training_declines_what_it_does_not_compute():
     assert "dropout" in lean_training_unsupported(_model("qwen2", attention_dropout=0.1).train(), use_bf16=False)
     assert "float32" in lean_training_unsupported(_model("qwen2").to(torch.bfloat16), use_bf16=False)
     assert lean_training_unsupported(_model("mistral", sliding_window=16), use_bf16=False) is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_lean_decodes_a_half_precision_model_like_transformers(kind, dtype):
+    """Half-precision weights: the RMSNorm statistic and the rotation run in fp32 as in transformers (in
+    fp16 the sum of squares of these activations, norm about 500, would overflow)."""
+    model = _model(kind, tie_word_embeddings=False)
+    with torch.no_grad():  # moderate weights: half-precision rounding of large logits would hide errors
+        for p in model.parameters():
+            p.mul_(0.5)
+        model.model.embed_tokens.weight.mul_(600)  # RMSNorm takes the scale out again
+    model = model.to(dtype)
+    lean = LeanForward(model)
+    ids, mask, pos = _left_padded(3, 9, [0, 4, 2])
+    cache = lean.new_cache()
+    with torch.no_grad():
+        got = lean(ids, mask, pos, cache)
+        assert got.dtype == dtype
+        for _ in range(3):
+            want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+            torch.testing.assert_close(got.float(), want.float(), atol=0.1, rtol=0.05)
+            nxt = want.argmax(-1, keepdim=True)
+            ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+            pos = torch.cat([pos, pos[:, -1:] + 1], 1)
+            got = lean(nxt, mask, pos[:, -1:], cache)
+
+
+def test_lean_follows_a_position_dependent_rotary_scaling():
+    """Dynamic NTK scaling recomputes the angles from the positions: the lean forward asks the model's
+    rotary embedding every time instead of tabulating, and decodes as transformers does with its own
+    cache (whose keys keep the angles they were computed with)."""
+    import copy
+
+    from transformers import DynamicCache
+
+    model = _model("llama", max_position_embeddings=8,
+                   rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    lean = LeanForward(copy.deepcopy(model))  # the rotary embedding keeps state: one copy each
+    assert not lean._static_rope
+    ids, mask, pos = _left_padded(2, 12, [0, 3])  # past max_position_embeddings: the scaling kicks in
+    cache, hf_cache = lean.new_cache(), DynamicCache()
+    with torch.no_grad():
+        got = lean(ids, mask, pos, cache)
+        want = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=hf_cache).logits[:, -1]
+        for _ in range(3):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            nxt = got.argmax(-1, keepdim=True)
+            mask, pos = torch.cat([mask, torch.ones_like(nxt)], 1), pos[:, -1:] + 1
+            got = lean(nxt, mask, pos, cache)
+            want = model(input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=hf_cache).logits[:, -1]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

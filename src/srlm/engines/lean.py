@@ -5,9 +5,10 @@ Why: at decode time a small model's step is a handful of small matrix products, 
 module stack (per-layer Python, mask building, a KV cache that is concatenated anew at every token)
 costs as much again: on the bench's tiny model (2 CPU cores, 32 rows) a decode step took 12-15 ms, of
 which the products are about 3 ms, against about 6.5 ms here (5.5 ms with packed weights). This computes
-the same function from the same live weights with fused q/k/v and gate/up projections (fewer, larger
-products), grouped-query attention that never repeats keys, and a KV cache with spare capacity that
-tokens are written into. On CPU builds with MKL the products use weights that MKL has packed once for
+the same function from the same live weights with fewer ops: fused q/k/v and gate/up projections (fewer,
+larger products) that also carry the RMSNorm weights, the rotary embedding as one complex product,
+grouped-query attention that never repeats keys, and a KV cache with spare capacity that tokens are
+written into. On CPU builds with MKL the products use weights that MKL has packed once for
 the decode batch's row count (see `Projection`). It reads the weights at construction, so an engine
 builds one per `generate` call and always decodes the current policy.
 
@@ -166,15 +167,16 @@ class LeanForward:
     def __init__(self, model):
         inner = model.model
         self.embed = inner.embed_tokens.weight
-        self.final_norm = (inner.norm.weight, _eps(inner.norm))
-        self.lm_head = Projection(model.lm_head.weight.detach(), None)
+        hidden = self.embed.shape[1]
+        # the final RMSNorm's weight is folded into the output layer (see `_unit_rms`)
+        self.final_eps = _eps(inner.norm) * hidden
+        self.lm_head = Projection(_fold_norm(model.lm_head.weight.detach(), inner.norm.weight), None)
         self.rotary = inner.rotary_emb
         # the rotation angles of a static rotary embedding depend on the position only: tabulate them once
         # (a decode step then looks its row up instead of recomputing cos/sin for every token)
         self._static_rope = getattr(self.rotary, "rope_type", "default") in ("default", "linear", "llama3", "yarn")
-        self._cos: torch.Tensor | None = None  # [N, D]
-        self._sin: torch.Tensor | None = None  # [N, D], with rotate_half's sign folded in
-        self.layers = [_fused_layer(layer) for layer in inner.layers]
+        self._rotations: torch.Tensor | None = None  # [N, D/2] complex: cos + i sin of each position
+        self.layers = [_fused_layer(layer, hidden) for layer in inner.layers]
         self.projections = [self.lm_head] + [layer[k] for layer in self.layers
                                              for k in ("qkv", "o", "gate_up", "down")]
         self._steps_since_pack = REPACK_EVERY
@@ -185,8 +187,7 @@ class LeanForward:
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: LeanCache):
         x = F.embedding(ids, self.embed)  # [B, S, E]
-        cos, sin = self._rotation(x, positions)  # [B, S, D] each
-        cos, sin = cos[:, :, None], sin[:, :, None]  # [B, S, 1, D]: one rotation for every head
+        rotation = self._rotation(x, positions)[:, :, None]  # [B, S, 1, D/2]: one rotation for every head
         b, s = ids.shape
         width = mask.shape[1]
         if s == 1:
@@ -194,21 +195,20 @@ class LeanForward:
         # a large finite negative, not -inf: a padding query that sees nothing stays finite (0 * inf = nan)
         big = torch.finfo(x.dtype).max
         if s == 1:  # a decode step's query is the last column: it sees every key that is not padding
-            bias = ((mask.to(x.dtype) - 1) * big)[:, None]  # [B, 1, W]: 0 or the dtype's min
+            kv_heads = self.layers[0]["kv_heads"]
+            bias = ((mask.to(x.dtype) - 1) * big).repeat_interleave(kv_heads, dim=0)[:, None]  # [B Hkv, 1, W]
         else:  # query at column (width - s + i) sees keys at columns <= its own that are not padding
             cols = torch.arange(width, device=ids.device)
             rows = torch.arange(width - s, width, device=ids.device)
             allowed = (cols[None, :] <= rows[:, None])[None] & mask[:, None, :].bool()  # [B, S, W]
             bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
             bias.masked_fill_(~allowed, -big)
-        bias = bias[:, None, None]  # [B, 1, 1, S, W]
+            bias = bias[:, None]  # [B, 1, S, W]
         for layer, layer_cache in zip(self.layers, cache.layers):
-            x = x + _attention(layer, F.rms_norm(x, x.shape[-1:], *layer["norm1"]), cos, sin, bias, layer_cache)
-            h = F.rms_norm(x, x.shape[-1:], *layer["norm2"])
-            gate, up = layer["gate_up"](h).chunk(2, dim=-1)  # [B, S, I] each
+            x = x + _attention(layer, _unit_rms(x, layer["eps1"]), rotation, bias, layer_cache)
+            gate, up = layer["gate_up"](_unit_rms(x, layer["eps2"])).chunk(2, dim=-1)  # [B, S, I] each
             x = x + layer["down"](F.silu(gate) * up)
-        last = F.rms_norm(x[:, -1], x.shape[-1:], *self.final_norm)  # [B, E]
-        return self.lm_head(last)  # [B, V]
+        return self.lm_head(_unit_rms(x[:, -1], self.final_eps))  # [B, V]
 
     def _pack_for(self, rows: int) -> None:
         """Pack the weights for decode steps of `rows` rows, unless they are or were packed just now."""
@@ -220,85 +220,117 @@ class LeanForward:
         self._steps_since_pack = 0
 
 
-    def _rotation(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and signed sin [B, S, D] of the rotary embedding at `positions` [B, S]."""
+    def _rotation(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """cos + i sin [B, S, D/2] (complex) of the rotary embedding's angles at `positions` [B, S]."""
         if not self._static_rope:
-            return _signed(*self.rotary(x, positions))
+            return _complex_rotation(*self.rotary(x, positions))
         needed = int(positions.max()) + 1
-        if self._cos is None or needed > self._cos.shape[0]:
-            n = max(needed, 2 * self._cos.shape[0] if self._cos is not None else 512)
+        if self._rotations is None or needed > self._rotations.shape[0]:
+            n = max(needed, 2 * self._rotations.shape[0] if self._rotations is not None else 512)
             cos, sin = self.rotary(x, torch.arange(n, device=x.device)[None])  # [1, n, D]
-            self._cos, self._sin = _signed(cos[0], sin[0])
-        return self._cos[positions], self._sin[positions]
+            self._rotations = _complex_rotation(cos[0], sin[0])
+        return self._rotations[positions]
+
+
+def _complex_rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding's cos, sin [..., D] (each the angles of D/2 pairs, twice) as cos + i sin
+    [..., D/2] in complex64: the rotation is computed in fp32 whatever the model's dtype."""
+    half = cos.shape[-1] // 2
+    return torch.complex(cos[..., :half].float(), sin[..., :half].float())
 
 
 def _signed(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin with its first half negated): rotate_half's sign folded into sin, see _attention."""
+    """(cos, sin with its first half negated): rotate_half's sign folded into sin (the training forward's
+    rotation, `train/lean_forward.py`)."""
     half = sin.shape[-1] // 2
     return cos, torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def _unit_rms(x: torch.Tensor, eps_times_n: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) / sqrt(n) over the last dimension (size n): RMSNorm without its weight
+    and with a factor sqrt(n), both folded into the next projection's weight (`_fold_norm`). Why: five
+    small ops on a [B, 1] statistic, where F.rms_norm runs nine (30 against 15 us on a decode step's
+    [32, 256] on this project's 2-core machine). The statistic is fp32, as in transformers' RMSNorm."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)  # [..., 1]
+    return x * norm.square_().add_(eps_times_n).rsqrt_().to(x.dtype)
+
+
+def _fold_norm(weight: torch.Tensor, norm_weight: torch.Tensor) -> torch.Tensor:
+    """`weight` [out, in] with the RMSNorm weight [in] before it and `_unit_rms`'s factor folded in:
+    W (w * x / rms(x)) = (W diag(w sqrt(n))) (x / rms(x) / sqrt(n)). Computed in fp32."""
+    scale = norm_weight.float() * norm_weight.shape[0] ** 0.5
+    return (weight.float() * scale[None, :]).to(weight.dtype)
 
 
 def _eps(norm) -> float:
     return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
 
 
-def _stacked(*weights: torch.Tensor, bias: torch.Tensor | None = None) -> Projection:
-    """One projection computing several linear layers' outputs at once (weights [out, in] stacked along
-    `out`): fewer, larger products."""
-    weight = weights[0].detach() if len(weights) == 1 else torch.cat([w.detach() for w in weights])
-    return Projection(weight, bias)
+def _pairs_adjacent(head_dim: int) -> torch.Tensor:
+    """A permutation of one head's dimensions that puts each rotary pair (i, i + D/2) side by side, so that
+    the pairs can be viewed as complex numbers and rotated by one complex product. q and k are permuted
+    alike (their dot products do not change), v is not: attention computes the same function."""
+    return torch.arange(head_dim).view(2, head_dim // 2).t().reshape(-1)
 
 
-def _fused_layer(layer) -> dict:
+def _fused_layer(layer, hidden: int) -> dict:
     attn, mlp = layer.self_attn, layer.mlp
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # Qwen3
+    head_dim = attn.head_dim
+    n_q, n_kv = attn.q_proj.weight.shape[0] // head_dim, attn.k_proj.weight.shape[0] // head_dim
+    pairs = _pairs_adjacent(head_dim)
+    # output rows of the fused q/k/v product: each q and k head's dimensions in pair order, v's as they are
+    rows = torch.cat([h * head_dim + pairs for h in range(n_q + n_kv)]
+                     + [torch.arange((n_q + n_kv) * head_dim, (n_q + 2 * n_kv) * head_dim)])
     # the attention's 1/sqrt(D) goes into q once here (into q_norm's weight when q is normalised: the
     # norm would undo it; the rotation is linear and keeps it) instead of scaling every score
     q_scale = 1.0 if q_norm is not None else attn.scaling
-    weights = [attn.q_proj.weight * q_scale, attn.k_proj.weight, attn.v_proj.weight]
+    weight = torch.cat([attn.q_proj.weight * q_scale, attn.k_proj.weight, attn.v_proj.weight])[rows]
     bias = None
     if any(p.bias is not None for p in projections):
         bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0])
                           for p in projections]).detach()
         bias[:attn.q_proj.weight.shape[0]] *= q_scale
-    head_dim = attn.head_dim
+        bias = bias[rows]
     return {
-        "qkv": _stacked(*weights, bias=bias), "head_dim": head_dim,
-        "heads": attn.q_proj.weight.shape[0] // head_dim, "kv_heads": attn.k_proj.weight.shape[0] // head_dim,
-        "o": _stacked(attn.o_proj.weight, bias=None if attn.o_proj.bias is None else attn.o_proj.bias.detach()),
-        "q_norm": (q_norm.weight * attn.scaling, _eps(q_norm)) if q_norm is not None else None,
-        "k_norm": (k_norm.weight, _eps(k_norm)) if k_norm is not None else None,
-        "norm1": (layer.input_layernorm.weight, _eps(layer.input_layernorm)),
-        "norm2": (layer.post_attention_layernorm.weight, _eps(layer.post_attention_layernorm)),
-        "gate_up": _stacked(mlp.gate_proj.weight, mlp.up_proj.weight),
-        "down": _stacked(mlp.down_proj.weight),
+        "qkv": Projection(_fold_norm(weight.detach(), layer.input_layernorm.weight), bias),
+        "head_dim": head_dim, "heads": n_q, "kv_heads": n_kv,
+        "o": Projection(attn.o_proj.weight.detach(), None if attn.o_proj.bias is None else attn.o_proj.bias.detach()),
+        "q_norm": (q_norm.weight[pairs] * attn.scaling, _eps(q_norm)) if q_norm is not None else None,
+        "k_norm": (k_norm.weight[pairs], _eps(k_norm)) if k_norm is not None else None,
+        "eps1": _eps(layer.input_layernorm) * hidden, "eps2": _eps(layer.post_attention_layernorm) * hidden,
+        "gate_up": Projection(_fold_norm(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                                         layer.post_attention_layernorm.weight), None),
+        "down": Projection(mlp.down_proj.weight.detach(), None),
     }
 
 
-def _attention(layer: dict, h: torch.Tensor, cos, sin, bias: torch.Tensor, cache: LeanLayerCache) -> torch.Tensor:
+def _attention(layer: dict, h: torch.Tensor, rotation: torch.Tensor, bias: torch.Tensor,
+               cache: LeanLayerCache) -> torch.Tensor:
+    """Self-attention of `h` [B, S, E] (normalised) with the rotation [B, S, 1, D/2] of its positions;
+    `bias` is [B Hkv, 1, W] for a decode step (S = 1), else [B, 1, S, W]."""
     b, s, _ = h.shape
     d, n_q, n_kv = layer["head_dim"], layer["heads"], layer["kv_heads"]
     qkv = layer["qkv"](h)  # [B, S, (H + 2 Hkv) D]; q already carries the 1/sqrt(D) scaling
-    qk = qkv[..., :(n_q + n_kv) * d].unflatten(-1, (n_q + n_kv, d))  # [B, S, H + Hkv, D]
+    qk = qkv[..., :(n_q + n_kv) * d].unflatten(-1, (n_q + n_kv, d))  # [B, S, H + Hkv, D], pairs adjacent
     v = qkv[..., (n_q + n_kv) * d:].unflatten(-1, (n_kv, d)).transpose(1, 2)  # [B, Hkv, S, D]
     if layer["q_norm"] is not None:  # Qwen3 normalises each head's q and k before the rotation
         qk = torch.cat([F.rms_norm(qk[:, :, :n_q], (d,), *layer["q_norm"]),
                         F.rms_norm(qk[:, :, n_q:], (d,), *layer["k_norm"])], dim=2)
-    # rotary position embedding of q and k at once: x * cos + rotate_half(x) * sin, where rotate_half
-    # (x1, x2) = (-x2, x1) is a roll by D/2 with the sign folded into `sin`
-    qk = qk * cos + qk.roll(d // 2, dims=-1) * sin  # [B, S, H + Hkv, D]
+    # rotary position embedding of q and k at once: each pair (x1, x2) is the complex number x1 + i x2,
+    # turned by cos + i sin: (x1 cos - x2 sin, x2 cos + x1 sin), transformers' x * cos + rotate_half(x) * sin
+    pairs = torch.view_as_complex(qk.float().unflatten(-1, (d // 2, 2)))  # [B, S, H + Hkv, D/2]
+    qk = torch.view_as_real(pairs * rotation).flatten(-2).to(h.dtype)  # [B, S, H + Hkv, D]
     q, k = qk[:, :, :n_q].transpose(1, 2), qk[:, :, n_q:].transpose(1, 2)  # [B, H, S, D], [B, Hkv, S, D]
     keys, values = cache.append(k, v)  # [B, Hkv, W, D]
     if s > 1:  # prefill: the fused kernel never holds all [B, H, S, W] scores (long prompts, big batches)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias[:, :, 0], scale=1.0, enable_gqa=True)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=1.0, enable_gqa=True)
         return layer["o"](out.transpose(1, 2).reshape(b, s, -1))  # [B, S, E]
-    group = n_q // n_kv
-    # query heads j*group .. (j+1)*group-1 share kv head j: group them instead of repeating the keys
-    qg = q.reshape(b, n_kv, group * s, d)  # [B, Hkv, G*S, D]
-    scores = torch.matmul(qg, keys.transpose(-1, -2))  # [B, Hkv, G*S, W]
-    scores = scores.view(b, n_kv, group, s, -1) + bias  # [B, Hkv, G, S, W]
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).view(b, n_kv, group * s, -1)
-    out = torch.matmul(probs, values)  # [B, Hkv, G*S, D]
-    out = out.view(b, n_q, s, d).transpose(1, 2).reshape(b, s, -1)  # [B, S, H*D]
-    return layer["o"](out)
+    # query heads j*G .. (j+1)*G-1 share kv head j: group them instead of repeating the keys, and add the
+    # padding bias inside the product
+    qg = q.reshape(b * n_kv, n_q // n_kv, d)  # [B Hkv, G, D]
+    scores = torch.baddbmm(bias, qg, keys.flatten(0, 1).transpose(1, 2))  # [B Hkv, G, W]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.bmm(probs, values.flatten(0, 1))  # [B Hkv, G, D]: heads in order
+    return layer["o"](out.view(b, 1, n_q * d))
