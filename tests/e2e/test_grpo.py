@@ -178,9 +178,10 @@ def _random_rollouts(seed: int):
 
 
 @pytest.mark.parametrize("mu", [1, 2])
-def test_reference_beside_the_policy_gives_the_sequential_update(tiny, mu):
-    """With >= 2 CPU threads the frozen reference runs beside the policy forward (`run_beside`); with one
-    thread, one after the other. Same update, same statistics."""
+def test_halves_side_by_side_give_the_sequential_update(tiny, mu):
+    """With >= 2 CPU threads each micro-batch runs as two halves side by side (reference, policy, loss and
+    backward on one core each), and pi_old's forward beside the reference's (`run_beside`); with one
+    thread, everything one after the other. Same update, same statistics."""
     cfg = GRPOConfig(prompts_per_step=2, group_size=4, micro_batch_size=4, beta=0.04, lr=1e-2, mu=mu)
     seqs, adv = _random_rollouts(3)
     before = torch.get_num_threads()

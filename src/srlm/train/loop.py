@@ -149,17 +149,18 @@ def can_run_beside(device: torch.device) -> bool:
     return device.type == "cpu" and torch.get_num_threads() >= 2
 
 
-def run_beside(side: Callable[[], Any], main: Callable[[], Any]) -> tuple[Any, Any]:
-    """`side()` on a helper thread, without gradients, while `main()` runs on this one, each with half of
-    torch's CPU threads; returns (side's result, main's result).
+def run_beside(side: Callable[[], Any], main: Callable[[], Any], side_grad: bool = False) -> tuple[Any, Any]:
+    """`side()` on a helper thread, without gradients unless `side_grad`, while `main()` runs on this one,
+    each with half of torch's CPU threads; returns (side's result, main's result). `side` must not call
+    `run_beside` itself (there is one helper thread).
 
-    Why: two independent passes over small matrices (GRPO's frozen reference model and the policy on the
-    same batch) scale poorly from one core to two: on the bench's tiny model on 2 cores the reference
-    forward ran 1.7x and the policy's 1.5x faster on two threads than on one. Side by side, one core each,
-    they overlap each other's serial work; they still share the memory bus, so the gain is modest: a whole
-    bench update (both forwards and the backward) took 0.728 s against 0.756 s one after the other (medians,
-    28 ms paired, 11 pairs). Each pass computes the same function as alone; with this machine's MKL the
-    results were bitwise equal (a GRPO run's per-step metrics matched to the last digit).
+    Why: two independent passes over small matrices scale poorly from one core to two: on the bench's tiny
+    model on 2 cores the reference forward ran 1.7x and the policy's 1.5x faster on two threads than on
+    one. Side by side, one core each, they overlap each other's serial work and skip the thread barrier
+    of every op (which stalls whenever a core is busy elsewhere). GRPO runs its frozen reference beside
+    pi_old's forward (bench update 0.728 against 0.756 s one after the other, 28 ms paired, 11 pairs),
+    and each micro-batch's two halves side by side, backward included (see `grpo_update`). Each pass
+    computes the same function as alone; with this machine's MKL the results were bitwise equal.
     """
     global _SIDE_THREAD
     if _SIDE_THREAD is None:  # one long-lived helper: its OpenMP thread team is made once
@@ -169,7 +170,7 @@ def run_beside(side: Callable[[], Any], main: Callable[[], Any]) -> tuple[Any, A
 
     def side_job():
         torch.set_num_threads(half)
-        with torch.no_grad():
+        with torch.set_grad_enabled(side_grad):
             return side()
 
     torch.set_num_threads(half)
