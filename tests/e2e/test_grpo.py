@@ -200,6 +200,45 @@ def test_halves_side_by_side_give_the_sequential_update(tiny, mu):
         assert s1[k] == pytest.approx(s2[k], rel=1e-5, abs=1e-7), k
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_policy_with_dropout_runs_its_micro_batches_whole(tiny, monkeypatch, dropout):
+    """Halves side by side would draw dropout masks from one generator in a timing-dependent order: a LoRA
+    policy with dropout keeps each micro-batch whole (the update then repeats exactly); without, halves."""
+    import srlm.train.grpo as grpo
+    from srlm.config import LoraConfig
+    from srlm.models import apply_lora, load_model
+    from srlm.train.loop import init_distributed
+
+    sides = []
+    run_beside = grpo.run_beside
+
+    def recording(side, main, side_grad=False):
+        sides.append(side_grad)
+        return run_beside(side, main, side_grad)
+
+    monkeypatch.setattr(grpo, "run_beside", recording)
+    seqs, adv = _random_rollouts(5)
+    cfg = GRPOConfig(prompts_per_step=2, group_size=4, micro_batch_size=8, beta=0.04, lr=1e-2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        weights = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            model, tok = load_model(tiny, torch.device("cpu"), dtype="float32")
+            model = apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8, dropout=dropout)).train()
+            opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+            grpo.grpo_update(model, None, opt, sched, seqs, adv, cfg, tok.pad_token_id,
+                             init_distributed(torch.device("cpu")), False)
+            weights.append({k: v.clone() for k, v in model.state_dict().items() if "lora" in k})
+    finally:
+        torch.set_num_threads(before)
+    assert (True in sides) == (dropout == 0.0)
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
+
+
 def test_lean_forward_serves_every_training_pass_and_gives_the_transformers_update(tiny, monkeypatch):
     """`grpo.lean_forward` (the default) sends the policy's, pi_old's and the reference's passes through
     `lean_completion_logits`; the update equals the transformers path's up to float rounding."""

@@ -301,12 +301,14 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
     pass then runs without the thread barriers of every op, which stall whenever a core is busy elsewhere;
     on the bench (2 cores, 32 rows) an update took 0.87-0.92 s against 0.95-1.02 s as one micro-batch
     (medians, 73-88 ms paired, 32 pairs, on a host shared with other tenants). Same loss and gradient up
-    to float rounding; peak memory about that of one whole micro-batch.
+    to float rounding; peak memory about that of one whole micro-batch. A policy with active dropout (LoRA's,
+    say) runs its micro-batches whole: two threads drawing from one random generator in whatever order
+    they happen to run would make the update differ from run to run.
     """
     device = next(model.parameters()).device
     micro = cfg.micro_batch_size
     n_local = len(seqs)
-    halves = can_run_beside(device) and not d.sharded
+    halves = can_run_beside(device) and not d.sharded and not _draws_random_numbers(model)
     chunks, units = [], []  # units: the chunks of one micro-batch, (k,) or its two halves (k1, k2)
     for s in range(0, n_local, micro):
         rows = list(range(s, min(s + micro, n_local)))
@@ -402,6 +404,15 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
     return {"loss": totals["loss"] / n_updates, "kl": all_reduce_sum(totals["kl"], d) / n_tok,
             "clip_fraction": all_reduce_sum(totals["clip_fraction"], d) / n_tok,
             "entropy": all_reduce_sum(totals["entropy"], d) / n_tok, "grad_norm": totals["grad_norm"] / n_updates}
+
+
+def _draws_random_numbers(model) -> bool:
+    """Whether a training forward of `model` draws random numbers (dropout that is on)."""
+    if not model.training:
+        return False
+    if float(getattr(getattr(model, "config", None), "attention_dropout", 0.0) or 0.0) > 0:
+        return True
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
 
 
 def _accumulate_gradients(params: list, grads) -> None:

@@ -8,7 +8,8 @@ function with fewer, larger ops: prompt and completion rows go through each proj
 q/k/v and gate/up are one product each (their weights concatenated per call, so gradients reach the
 original parameters), and attention is grouped-query sdpa that never repeats keys. On the bench's tiny
 model (2 CPU cores) a whole GRPO update took 557-605 ms against 579-692 ms through transformers on a quiet
-host, and 1.26 s against 1.51 s (medians, 265 ms paired over 10 pairs) on a host loaded by other tenants.
+host; on hosts loaded by other tenants, in-process pairs gave medians of 1.26 s against 1.51 s (265 ms
+paired, 10 pairs) one day and 0.94 s against 0.96 s (58 ms paired, 10 pairs) another.
 
 It is not bitwise the transformers forward (fused products sum in another order, grouped attention adds
 the key gradients of a group in another order); `grpo.lean_forward: false` turns it off. Tests compare
