@@ -299,9 +299,9 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
     side, one core each (`run_beside`): the reference forward, the policy forward, the loss and the
     backward of one half beside the other's, the two gradients then summed in a fixed order. Why: each
     pass then runs without the thread barriers of every op, which stall whenever a core is busy elsewhere;
-    on the bench (2 cores, 32 rows) an update took 0.87-0.92 s against 0.95-1.02 s as one micro-batch
-    (medians, 73-88 ms paired, 32 pairs, on a host shared with other tenants). Same loss and gradient up
-    to float rounding; peak memory about that of one whole micro-batch. A policy with active dropout (LoRA's,
+    on the bench (2 cores, 32 rows) an update took 0.97-1.05 s against 1.08-1.11 s as one micro-batch
+    (medians of two runs, 43-48 ms paired, 28 of 40 pairs faster, on a host shared with other tenants).
+    Same loss and gradient up to float rounding; peak memory about that of one whole micro-batch. A policy with active dropout (LoRA's,
     say) runs its micro-batches whole: two threads drawing from one random generator in whatever order
     they happen to run would make the update differ from run to run.
     """
