@@ -309,3 +309,16 @@ def test_run_beside_raises_either_pass_error_and_restores_threads(failing):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_run_beside_keeps_autograd_on_the_side_when_asked():
+    """`side_grad=True` (GRPO's halves, each with its own backward): the side pass records a graph."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        w = torch.ones(3, requires_grad=True)
+        side_out, main_out = run_beside(lambda: (w * 3).sum(), lambda: (w * 2).sum(), side_grad=True)
+        assert side_out.requires_grad and main_out.requires_grad
+        assert torch.equal(torch.autograd.grad(side_out + main_out, w)[0], torch.full((3,), 5.0))
+    finally:
+        torch.set_num_threads(before)

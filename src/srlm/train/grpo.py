@@ -364,6 +364,11 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
                              n_seqs=minibatch, n_tokens=n_tokens)
         return loss, st, float((ent.detach() * comp).sum())
 
+    def half_with_gradients(k: int, n_tokens: float):
+        """One half of a micro-batch on its own core: chunk_loss, then its gradients (not yet in .grad)."""
+        loss, st, ent = chunk_loss(k, n_tokens, ref_beside=False)
+        return loss.detach(), st, ent, torch.autograd.grad(loss, params, allow_unused=True)
+
     totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0}
     n_updates, n_tok = 0, 0.0
     for _ in range(cfg.mu):
@@ -374,10 +379,8 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
             loss_total = 0.0
             for unit in mb_units:
                 if len(unit) == 2:  # the two halves side by side, each with its own backward
-                    def half(k: int):
-                        loss, st, ent = chunk_loss(k, n_tokens, ref_beside=False)
-                        return loss.detach(), st, ent, torch.autograd.grad(loss, params, allow_unused=True)
-                    second, first = run_beside(lambda: half(unit[1]), lambda: half(unit[0]), side_grad=True)
+                    second, first = run_beside(lambda: half_with_gradients(unit[1], n_tokens),
+                                               lambda: half_with_gradients(unit[0], n_tokens), side_grad=True)
                     for *_, grads in (first, second):  # in a fixed order: the same sum on every run
                         _accumulate_gradients(params, grads)
                     results = [(unit[0], first), (unit[1], second)]

@@ -13,8 +13,9 @@ paired, 10 pairs) one day and 0.94 s against 0.96 s (58 ms paired, 10 pairs) ano
 
 It is not bitwise the transformers forward (fused products sum in another order, grouped attention adds
 the key gradients of a group in another order); `grpo.lean_forward: false` turns it off. Tests compare
-its log-probs, entropies and gradients with transformers' per architecture. Anything `lean_unsupported` declines, peft
-wrappers, checkpointed or sharded models, attention dropout and bf16 autocast keep the transformers path.
+its log-probs, entropies and gradients with transformers' per architecture. Anything `lean_unsupported`
+declines, peft wrappers, checkpointed or sharded models, attention dropout and bf16 autocast keep the
+transformers path.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from srlm.engines.lean import _eps, _signed, lean_unsupported
+from srlm.engines.lean import _eps, _signed, lean_unsupported, qkv_bias
 
 
 def lean_training_unsupported(model, use_bf16: bool) -> str | None:
@@ -82,7 +83,7 @@ def lean_completion_logits(model, batch) -> torch.Tensor:
         n_q, n_kv = attn.q_proj.weight.shape[0] // d, attn.k_proj.weight.shape[0] // d
         h = F.rms_norm(x, x.shape[-1:], layer.input_layernorm.weight, _eps(layer.input_layernorm))
         qkv = F.linear(h, torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                       _qkv_bias(attn))  # [N, (H + 2 Hkv) D]
+                       qkv_bias(attn))  # [N, (H + 2 Hkv) D]
         qk = qkv[:, :(n_q + n_kv) * d].unflatten(-1, (n_q + n_kv, d))  # [N, H + Hkv, D]
         v = qkv[:, (n_q + n_kv) * d:].unflatten(-1, (n_kv, d))  # [N, Hkv, D]
         if getattr(attn, "q_norm", None) is not None:  # Qwen3 normalises each head's q and k first
@@ -113,9 +114,3 @@ def lean_completion_logits(model, batch) -> torch.Tensor:
     rows = F.rms_norm(rows, rows.shape[-1:], inner.norm.weight, _eps(inner.norm))
     return F.linear(rows, model.lm_head.weight, model.lm_head.bias)  # [B, Lc, V]
 
-
-def _qkv_bias(attn) -> torch.Tensor | None:
-    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-    if all(p.bias is None for p in projections):
-        return None
-    return torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in projections])
