@@ -35,3 +35,61 @@ def test_study_uses_the_papers_evaluation_protocol():
     assert (cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens) == (0.6, 0.95, 32768)
     assert cfg.grpo.rewards == ["format", "accuracy"] and cfg.grpo.aggregation == "seq_mean"
     assert not cfg.model.trust_remote_code
+
+
+# Appendix C.1 of the paper ("Implementation Settings"), sentence by sentence, with the numbers it states.
+# The sentences are checked against the paper's text below, so a number here cannot drift from the paper.
+PAPER = Path(__file__).resolve().parents[2].parent / "shared" / "docs" / "seed-paper.md"
+C1 = {
+    "For full fine-tuning, we set the learning rate to 4.0e-05 and train for 4 epochs with a maximum "
+    "sequence length of 8192.": {"sft_lr": 4.0e-5, "sft_epochs": 4, "sft_max_length": 8192},
+    "For LoRA-based training, we increase the learning rate to 1.0e-04.": {"lora_lr": 1.0e-4},
+    "GRPO-based RL training, we set the learning rate to 1.0e-06, with 16 generations per training step and a "
+    "maximum completion time of 2048.": {"grpo_lr": 1.0e-6, "group_size": 16, "completion_length": 2048},
+}
+STATED = {k: v for numbers in C1.values() for k, v in numbers.items()}
+
+
+def test_the_appendix_numbers_are_the_papers():
+    import re
+
+    import pytest
+
+    if not PAPER.exists():
+        pytest.skip(f"the paper's text is not at {PAPER}")
+    text = " ".join(PAPER.read_text(encoding="utf-8").split())
+    for sentence, numbers in C1.items():
+        assert sentence in text, sentence
+        found = [float(x) for x in re.findall(r"\d+(?:\.\d+)?(?:e-\d+)?", sentence)]
+        assert sorted(found) == sorted(float(v) for v in numbers.values())
+
+
+def test_study_uses_the_appendix_training_settings():
+    cfg = load_config(STUDY)
+    full_sft = [s for _, s in pipeline_stages(cfg, "base_sft")][0]
+    assert (full_sft.lr, full_sft.epochs, full_sft.max_length) == (
+        STATED["sft_lr"], STATED["sft_epochs"], STATED["sft_max_length"])
+    grpo = [s for kind, s in pipeline_stages(cfg, "base_sft_rl") if kind == "grpo"][0]
+    assert (grpo.lr, grpo.group_size, grpo.max_new_tokens) == (
+        STATED["grpo_lr"], STATED["group_size"], STATED["completion_length"])
+    for name in cfg.pipelines:
+        for kind, stage in pipeline_stages(cfg, name):
+            if kind == "grpo":
+                assert (stage.lr, stage.group_size, stage.max_new_tokens) == (
+                    STATED["grpo_lr"], STATED["group_size"], STATED["completion_length"]), name
+                continue
+            # SFT, and KD (the paper's KD is SFT on teacher traces; C.1 gives it no other settings)
+            assert stage.lr == (STATED["lora_lr"] if stage.lora.enabled else STATED["sft_lr"]), name
+            assert (stage.epochs, stage.max_length) == (STATED["sft_epochs"], STATED["sft_max_length"]), name
+
+
+def test_the_studys_key_settings_say_where_they_come_from():
+    """Learning rates, lengths, G and sampling: each line cites the paper or says it is srlm's choice."""
+    lines = STUDY.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("sft:"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("pipelines:"))
+    values = [line for line in lines[start:end] if line.startswith("  ") and ":" in line.split("#")[0]]
+    for key in ("lr:", "epochs:", "max_length:", "group_size:", "max_new_tokens:", "temperature:", "top_p:"):
+        for line in values:
+            if line.strip().startswith(key):
+                assert "# paper" in line or "# srlm" in line, line
