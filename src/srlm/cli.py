@@ -22,6 +22,7 @@ VERB_MODULES = [
     "srlm.commands.eval",
     "srlm.commands.run",
     "srlm.commands.tiny_model",
+    "srlm.commands.real_model",
     "srlm.commands.report",
 ]
 

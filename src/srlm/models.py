@@ -38,12 +38,22 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
+def _gguf_args(name_or_path: str | Path) -> tuple[str, dict]:
+    """(what from_pretrained takes, extra keyword arguments): a `.gguf` file loads from its folder with
+    `gguf_file=` (transformers reads it with the `gguf` package and dequantizes every tensor)."""
+    p = Path(name_or_path)
+    if p.suffix == ".gguf" and p.is_file():
+        return str(p.parent), {"gguf_file": p.name}
+    return str(name_or_path), {}
+
+
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     _check_exists(name_or_path)
+    where, extra = _gguf_args(name_or_path)
     try:
-        tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load a tokenizer from {name_or_path}: {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
@@ -52,24 +62,44 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
 
 
 def load_model(name_or_path: str | Path, device: torch.device, dtype: str = "auto", trust_remote_code: bool = False):
-    """(model, tokenizer) from a local folder or a hub id, on `device`, in train mode."""
+    """(model, tokenizer) from a local folder, a `.gguf` file or a hub id, on `device`, in train mode."""
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(name_or_path, trust_remote_code)
+    where, extra = _gguf_args(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(name_or_path), dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
+            where, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code, **extra
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:
         raise UserError(f"could not load a model from {name_or_path}: {str(e).splitlines()[0]}") from None
+    if extra:
+        _forget_quantization(model)
     model.to(device)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
 
 
+def _forget_quantization(model) -> None:
+    """A GGUF checkpoint arrives dequantized but still labelled quantized, which transformers refuses to
+    save; the weights are ordinary tensors, so drop the label and save them as any other checkpoint."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Write a `.gguf` checkpoint as an ordinary safetensors model folder (tokenizer and chat template
+    included, no quantization config), atomically."""
+    model, tok = load_model(gguf_file, torch.device("cpu"), dtype=dtype)
+    return save_model(model, tok, out_dir)
+
+
 def _check_exists(name_or_path: str | Path) -> None:
     p = Path(name_or_path)
+    if p.suffix == ".gguf" and p.is_file():
+        return
     if p.exists():
         if p.is_dir() and not (p / "config.json").exists():
             raise UserError(f"model folder {p} has no config.json: is it a model folder?")
