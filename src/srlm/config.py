@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from srlm.errors import UserError
 
@@ -242,13 +242,30 @@ class EvalConfig(Strict):
                                                               "amc23", "gsm8k")],
         description="Datasets to evaluate on (their test splits by default).",
     )
-    prompt: str = Field("tags", description="Prompt template name.")
+    prompt: str = Field(
+        "tags", description="Prompt template: a name from `srlm.data.prompts.PROMPTS` or `EVAL_TEMPLATES`, or "
+                            "`lighteval` (LightEval's template of each benchmark, the paper's period) / "
+                            "`lighteval-0.13`.")
+    benchmark_prompts: dict[str, str] = Field(
+        default_factory=dict, description="Per-benchmark template overriding `prompt`, e.g. "
+                                          "`{math500: lighteval_math_0.13}`.")
+    num_fewshot: int = Field(
+        0, ge=0, description="Solved examples before each problem, for templates that draw them "
+                             "(lighteval_gsm8k: from GSM8K train, seeded by `seed` and the problem, recorded).")
     n: int = Field(1, ge=1, description="Samples per problem (accuracy is mean pass@1; pass@k for k <= n).")
     temperature: float = Field(0.6, ge=0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling.")
     max_new_tokens: int = Field(32768, ge=1, description="Longest response (capped by the model's context).")
     batch_size: int = Field(64, ge=1, description="Prompts decoded together.")
     seed: int = Field(0, description="Sampling seed.")
+
+    @model_validator(mode="after")
+    def _known_prompts(self):
+        from srlm.data.prompts import benchmark_template
+
+        for name in {*(r.name for r in self.benchmarks), *self.benchmark_prompts}:
+            benchmark_template(self.prompt, name, self.benchmark_prompts)  # a UserError names the key
+        return self
 
 
 STAGE_CONFIGS: dict[str, type[OptimConfig]] = {

@@ -22,7 +22,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from srlm import __version__
-from srlm.data.prompts import render_prompt, stop_token_ids
+from srlm.data.prompts import (EVAL_TEMPLATES, benchmark_template, cut_at_stop, fewshot_draw, render_eval_prompt,
+                               stop_token_ids)
 from srlm.data.sources import load_records
 from srlm.engines.base import Completion, SamplingParams, prompt_seeds
 from srlm.errors import UserError
@@ -38,6 +39,9 @@ SAMPLES_FILE = "samples.jsonl"
 # EvalConfig fields that decide what is sampled; `batch_size` only decides how fast, so it may change
 # between an interrupted run and its resumption.
 PROTOCOL_FIELDS = ("prompt", "n", "temperature", "top_p", "max_new_tokens", "seed")
+# Protocol fields added later: stamped only when they differ from their default, so an evaluation folder
+# written before they existed still resumes.
+LATER_PROTOCOL_FIELDS = {"benchmark_prompts": {}, "num_fewshot": 0}
 # Problems go to the engine this many batches at a time: enough for continuous batching to keep its
 # batch full, few enough that the finished completions an engine returns stay small in memory.
 CHUNK_BATCHES = 8
@@ -148,8 +152,9 @@ def barrier() -> None:
 
 def settings_stamp(cfg, model_name: str, engine_name: str) -> dict:
     """What must be equal for samples to be mixed: model, engine and the sampling protocol."""
-    return {"model": model_name, "engine": engine_name,
-            "protocol": {k: getattr(cfg, k) for k in PROTOCOL_FIELDS}, "benchmarks": {}}
+    protocol = {k: getattr(cfg, k) for k in PROTOCOL_FIELDS}
+    protocol.update({k: getattr(cfg, k) for k, default in LATER_PROTOCOL_FIELDS.items() if getattr(cfg, k) != default})
+    return {"model": model_name, "engine": engine_name, "protocol": protocol, "benchmarks": {}}
 
 
 def _benchmark_stamp(ref) -> dict:
@@ -231,11 +236,26 @@ def response_budget(cfg, engine, prompt_lengths: list[int], name: str) -> int:
     return cfg.max_new_tokens
 
 
-def _record(r: dict, j: int, prompt: str, c: Completion, benchmark: str) -> dict:
-    g = grade(c.text, r["answer"], benchmark=benchmark)
-    return {"id": r["id"], "sample": j, "prompt": prompt, "response": c.text, "extracted": g.extracted,
-            "method": g.method, "gold": r["answer"], "correct": g.correct, "format_ok": g.format_ok,
-            "tokens": c.tokens_generated, "finish_reason": c.finish_reason}
+def _record(r: dict, j: int, prompt: str, c: Completion, benchmark: str, stop: tuple[str, ...] = (),
+            fewshot: list[str] | None = None) -> dict:
+    text = cut_at_stop(c.text, stop)  # the harness's stop strings end the response; they are not part of it
+    g = grade(text, r["answer"], benchmark=benchmark)
+    out = {"id": r["id"], "sample": j, "prompt": prompt, "response": text, "extracted": g.extracted,
+           "method": g.method, "gold": r["answer"], "correct": g.correct, "format_ok": g.format_ok,
+           "tokens": c.tokens_generated, "finish_reason": c.finish_reason}
+    if fewshot:
+        out["fewshot"] = fewshot
+    return out
+
+
+def fewshot_examples(template: str, ref, records: list[dict], cfg) -> list[list[dict]]:
+    """Each problem's few-shot examples (`cfg.num_fewshot` of them when the template draws any), drawn from
+    the template's split of the same dataset by `fewshot_draw` (seeded by `cfg.seed` and the problem index)."""
+    t = EVAL_TEMPLATES.get(template)
+    if t is None or t.fewshot_split is None or cfg.num_fewshot == 0:
+        return [[] for _ in records]
+    pool = load_records(ref.name, split=t.fewshot_split, path=ref.path)
+    return [[pool[k] for k in fewshot_draw(len(pool), cfg.num_fewshot, cfg.seed, i)] for i in range(len(records))]
 
 
 def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: bool = True) -> dict:
@@ -247,11 +267,14 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
     out_path = bench_dir / (SAMPLES_FILE if size == 1 else f"samples.rank{rank}.jsonl")
     _truncate_to_complete_lines(out_path)
     done = {(s["id"], s["sample"]) for s in all_samples(bench_dir)}
-    prompts = [render_prompt(tokenizer, cfg.prompt, r["question"]) for r in records]
+    template = benchmark_template(cfg.prompt, ref.name, cfg.benchmark_prompts)
+    stop = EVAL_TEMPLATES[template].stop if template in EVAL_TEMPLATES else ()
+    shots = fewshot_examples(template, ref, records, cfg)
+    prompts = [render_eval_prompt(tokenizer, template, r, s) for r, s in zip(records, shots)]
     ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     sampling = SamplingParams(max_new_tokens=response_budget(cfg, engine, [len(x) for x in ids], ref.name),
                               temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.n,
-                              stop_token_ids=tuple(stop_token_ids(tokenizer)))
+                              stop_token_ids=tuple(stop_token_ids(tokenizer)), stop_strings=stop)
     todo = [i for i, r in enumerate(records) if i % size == rank
             and any((r["id"], j) not in done for j in range(cfg.n))]
     t0 = time.perf_counter()
@@ -266,8 +289,9 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
 
         def write(k: int, group: list[Completion], part=part) -> None:  # problem part[k] is complete
             r = records[part[k]]
-            _append_lines(out_path, [_record(r, j, prompts[part[k]], c, ref.name) for j, c in enumerate(group)
-                                     if (r["id"], j) not in done])
+            fewshot = [ex["id"] for ex in shots[part[k]]]
+            _append_lines(out_path, [_record(r, j, prompts[part[k]], c, ref.name, stop, fewshot)
+                                     for j, c in enumerate(group) if (r["id"], j) not in done])
             bar.update(1)
 
         engine.generate([ids[i] for i in part], sampling, seeds=[seeds[i] for i in part], on_complete=write)
@@ -280,6 +304,10 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
     summary = summarize(ref.name, records, all_samples(bench_dir), cfg, wall)
     summary["dataset"] = {"split": ref.split, "path": ref.path, "limit": ref.limit, "options": ref.options}
     summary["max_new_tokens"] = sampling.max_new_tokens  # after the context cap
+    summary["prompt_template"] = template
+    if any(shots):
+        summary["fewshot"] = {"n": cfg.num_fewshot, "split": EVAL_TEMPLATES[template].fewshot_split,
+                              "seed": cfg.seed, "per_sample": "samples.jsonl field `fewshot` (ids)"}
     return summary
 
 

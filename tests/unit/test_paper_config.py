@@ -33,6 +33,7 @@ def test_study_uses_the_papers_evaluation_protocol():
     cfg = load_config(STUDY)
     assert [b.name for b in cfg.eval.benchmarks] == ["olympiadbench", "math500", "minerva_math", "amc23", "gsm8k"]
     assert (cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_new_tokens) == (0.6, 0.95, 32768)
+    assert cfg.eval.prompt == "lighteval" and not cfg.eval.benchmark_prompts  # section 3.4: LightEval
     assert cfg.grpo.rewards == ["format", "accuracy"] and cfg.grpo.aggregation == "seq_mean"
     assert not cfg.model.trust_remote_code
 

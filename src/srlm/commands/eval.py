@@ -18,7 +18,7 @@ PAPER_BENCHMARKS = "olympiadbench,math500,minerva_math,amc23,gsm8k"
 
 def register(sub) -> None:
     from srlm.config import EvalConfig
-    from srlm.data.prompts import PROMPTS
+    from srlm.data.prompts import eval_prompt_names
     from srlm.engines import ENGINES, EngineOptions
 
     d, e = EvalConfig(), EngineOptions(model="")
@@ -37,7 +37,12 @@ def register(sub) -> None:
     p.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling (default {d.top_p})")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
                    help=f"longest response, capped by the model's context (default {d.max_new_tokens})")
-    p.add_argument("--prompt", default=d.prompt, choices=sorted(PROMPTS), help=f"prompt template (default {d.prompt})")
+    p.add_argument("--prompt", default=d.prompt, choices=eval_prompt_names(), metavar="PROMPT",
+                   help=f"prompt template: {', '.join(eval_prompt_names())}; `lighteval` picks LightEval's "
+                        f"template for each benchmark (default {d.prompt})")
+    p.add_argument("--num-fewshot", type=int, default=d.num_fewshot,
+                   help=f"solved examples before each problem, for templates that draw them (lighteval's "
+                        f"GSM8K; default {d.num_fewshot})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"sampling seed (default {d.seed})")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"sequences decoded together by the hf engine (default {d.batch_size})")
@@ -85,7 +90,7 @@ def build_config(args):
     try:
         return EvalConfig(
             benchmarks=[DatasetRef(name=n, split=args.split, path=args.data_path, limit=args.limit) for n in names],
-            prompt=args.prompt, n=args.n, temperature=args.temperature, top_p=args.top_p,
+            prompt=args.prompt, num_fewshot=args.num_fewshot, n=args.n, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
     except ValidationError as err:
         first = err.errors()[0]
