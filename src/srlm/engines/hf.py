@@ -22,6 +22,7 @@ import torch
 from srlm.data.collate import distinct_left_padded
 from srlm.engines.base import Completion, SamplingParams, prompt_seeds
 from srlm.engines.lean import LeanForward, LeanLayerCache, lean_unsupported
+from srlm.hf_compat import cache_kwargs
 
 
 @dataclass
@@ -204,8 +205,8 @@ class HFEngine:
             return self._lean(ids, mask, positions, cache)
         kwargs = {"logits_to_keep": 1} if self._keep_arg else {}
         try:
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                             use_cache=True, **kwargs)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             **cache_kwargs(cache), **kwargs)
         except TypeError as e:  # remote-code models without the argument
             if "logits_to_keep" not in str(e):
                 raise

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from srlm.data.collate import distinct_left_padded
+from srlm.hf_compat import cache_kwargs, output_cache
 from srlm.train.lean_forward import lean_completion_logits, lean_training_unsupported
 from srlm.train.loop import is_checkpointing
 from srlm.train.losses import token_entropy, token_logprobs
@@ -85,13 +86,13 @@ def _shared_prefix_logits(model, batch: RolloutBatch) -> torch.Tensor:
     lc = batch.completion_ids.shape[1]
     if lc == 1:
         return first
-    cache = head.past_key_values
+    cache = output_cache(head)
     _copy_prompt_rows(cache, batch.owner)  # [P, ...] -> [B, ...]: each completion gets its prompt's keys
     # completion position j predicts token j+1: the last token predicts nothing and is not run
     positions = prompt_len[batch.owner][:, None] + torch.arange(lc - 1, device=prompt_len.device)  # [B, Lc-1]
     attn = torch.cat([batch.prompt_mask[batch.owner], batch.completion_attn[:, :-1]], dim=1)  # [B, Lp + Lc-1]
     tail = model(input_ids=batch.completion_ids[:, :-1], attention_mask=attn, position_ids=positions,
-                 past_key_values=cache, use_cache=True)
+                 use_cache=True, **cache_kwargs(cache))
     return torch.cat([first, tail.logits], dim=1)  # [B, Lc, V]
 
 

@@ -31,6 +31,7 @@ from srlm.data.prepare import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 from srlm.data.prompts import completion_end, render_prompt
 from srlm.data.sources import DATASETS, load_records, register_custom
 from srlm.errors import UserError
+from srlm.hf_compat import logits_at
 from srlm.models import apply_lora, load_model, save_model
 from srlm.train.loop import (
     Dist, MetricsLog, autocast, broadcast_parameters, clip_and_step_tensor, compile_layers, compile_requested,
@@ -185,11 +186,8 @@ def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def selected_logits(model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
     """Logits [N, V] at the `keep` positions only: the LM head never sees prompt or padding positions."""
-    logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False,
-                   logits_to_keep=keep).logits
-    if logits.dim() == 3 and logits.shape[:2] == keep.shape:  # an architecture that ignores mask selection
-        logits = logits[keep]
-    return logits.reshape(-1, logits.shape[-1])  # [N, V]
+    return logits_at(model, keep, input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
+                     use_cache=False)  # [N, V]
 
 
 def sft_step_loss(model, batch: dict, normalizer: float) -> tuple[torch.Tensor, dict]:
