@@ -93,10 +93,10 @@ def plain_loop(model, tok, prompts: list[list[int]], batch_size: int, max_new: i
 
 
 def engine_run(model, tok, prompts, batch_size: int, max_new: int, stops: list[int]):
+    from srlm.engines import EngineOptions, build_engine
     from srlm.engines.base import SamplingParams
-    from srlm.engines.hf import HFEngine
 
-    engine = HFEngine(model, tok, batch_size=batch_size)
+    engine, _ = build_engine("hf", EngineOptions(model="bench", batch_size=batch_size), loaded=(model, tok))
     sampling = SamplingParams(max_new_tokens=max_new, temperature=0.0, stop_token_ids=tuple(stops))
     return [group[0].token_ids for group in engine.generate(prompts, sampling)]
 

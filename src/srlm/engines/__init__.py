@@ -1,9 +1,13 @@
 """Generation engines behind one interface (`base.Engine`), built by name from `ENGINES`.
 
     engine, tokenizer = build_engine("hf", EngineOptions(model="path/or/hub-id"))
+    engine, tokenizer = build_engine("hf", EngineOptions(model=str(path)), loaded=(policy, tok))
 
+Every caller (evaluation, pipelines, GRPO rollouts, distillation traces, benchmarks) builds its engine here.
 Each factory imports its engine lazily: `vllm` must not be imported on a machine without it, and the
 `openai` engine needs no torch model at all (only the tokenizer, to render prompts and count tokens).
+Engines that hold resources beyond the Python objects (vLLM's engine process and KV cache) have `close()`;
+`close_engine` calls it where it exists.
 """
 
 from __future__ import annotations
@@ -29,42 +33,63 @@ class EngineOptions:
     concurrency: int = 32
     max_model_len: int | None = None
     progress: bool = False
+    # vLLM: memory fraction of the accelerator (None: vLLM's platform default, see engines/vllm.py), KV cache
+    # size in GB (None: vLLM's default on GPU, a small cache on CPU where it is host RAM), GPUs per model
+    gpu_memory_utilization: float | None = None
+    kv_cache_gb: float | None = None
+    tensor_parallel_size: int = 1
+    in_process: bool = False  # vLLM's model in this process: needed to hand it the trainer's weights
 
 
-def _hf(opts: EngineOptions):
+LoadedModel = tuple  # (transformers model, tokenizer) already in memory
+
+
+def _hf(opts: EngineOptions, loaded: LoadedModel | None):
+    """Decodes with the module itself: `loaded` (a policy being trained, a teacher) or `opts.model` loaded."""
     from srlm.engines.hf import HFEngine
     from srlm.models import load_model, resolve_device
 
-    model, tok = load_model(opts.model, resolve_device(opts.device), dtype=opts.dtype)
+    model, tok = loaded or load_model(opts.model, resolve_device(opts.device), dtype=opts.dtype)
     return HFEngine(model, tok, batch_size=opts.batch_size, progress=opts.progress), tok
 
 
-def _vllm(opts: EngineOptions):
-    from srlm.engines.vllm import VLLMEngine, require_vllm
+def _vllm(opts: EngineOptions, loaded: LoadedModel | None):
+    """Holds its own copy of `opts.model` (a trainer hands it new weights with `load_weights`)."""
+    from srlm.engines.vllm import VLLMEngine
     from srlm.models import load_tokenizer
 
-    require_vllm()  # before loading anything: the clear error first
-    tok = load_tokenizer(opts.tokenizer or opts.model)
-    return VLLMEngine(opts.model, dtype=opts.dtype, seed=opts.seed, max_model_len=opts.max_model_len), tok
+    # the engine first: it says clearly when vLLM or a device it runs on is missing
+    engine = VLLMEngine(opts.model, dtype=opts.dtype, seed=opts.seed, max_model_len=opts.max_model_len,
+                        gpu_memory_utilization=opts.gpu_memory_utilization, kv_cache_gb=opts.kv_cache_gb,
+                        tensor_parallel_size=opts.tensor_parallel_size, in_process=opts.in_process)
+    return engine, loaded[1] if loaded else load_tokenizer(opts.tokenizer or opts.model)
 
 
-def _openai(opts: EngineOptions):
+def _openai(opts: EngineOptions, loaded: LoadedModel | None):
     from srlm.engines.openai import OpenAIEngine
     from srlm.models import load_tokenizer
 
-    tok = load_tokenizer(opts.tokenizer or opts.model)
+    tok = loaded[1] if loaded else load_tokenizer(opts.tokenizer or opts.model)
     return OpenAIEngine(opts.base_url, opts.model, tok, api_key=opts.api_key, concurrency=opts.concurrency), tok
 
 
-ENGINES: dict[str, Callable[[EngineOptions], tuple]] = {
+ENGINES: dict[str, Callable[[EngineOptions, LoadedModel | None], tuple]] = {
     "hf": _hf,
     "vllm": _vllm,
     "openai": _openai,
 }
 
 
-def build_engine(name: str, opts: EngineOptions):
-    """(engine, tokenizer) for engine `name`."""
+def build_engine(name: str, opts: EngineOptions, loaded: LoadedModel | None = None):
+    """(engine, tokenizer) for engine `name`. `loaded`: the (model, tokenizer) already in memory for
+    `opts.model`, which `hf` decodes with (no second copy) and the others take the tokenizer from."""
     if name not in ENGINES:
         raise UserError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
-    return ENGINES[name](opts)
+    return ENGINES[name](opts, loaded)
+
+
+def close_engine(engine) -> None:
+    """Free what an engine holds beyond its Python objects (vLLM's engine process, its KV cache)."""
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()

@@ -2,7 +2,7 @@
 
 `generate(prompts, sampling)` takes token-id prompts and returns, for each prompt, `sampling.n`
 completions with their token ids, decoded text and why they ended. Engines: `hf` (transformers, CPU/GPU),
-`vllm` (GPU), `openai` (any OpenAI-compatible completions server). Training stages and evaluation only ever
+`vllm` (GPU or CPU), `openai` (any OpenAI-compatible completions server). Training stages and evaluation only ever
 see this interface; `srlm.engines.ENGINES` builds one by name.
 """
 
@@ -37,6 +37,9 @@ class Completion:
     # Tokens the engine generated, when it knows better than len(token_ids): a remote server reports its
     # count in `usage`, while `token_ids` there is a local re-tokenisation of the text.
     num_tokens: int | None = None
+    # The log-probability the engine gave each sampled token (after temperature), where it reports them
+    # (vllm): GRPO measures the engine-vs-trainer mismatch with them and corrects for it on request.
+    logprobs: list[float] | None = None
 
     @property
     def truncated(self) -> bool:

@@ -25,7 +25,7 @@ import torch
 from srlm.data.prepare import to_rl_example
 from srlm.data.prompts import render_prompt, stop_token_ids
 from srlm.engines.base import SamplingParams
-from srlm.engines.hf import HFEngine
+from srlm.engines import EngineOptions, build_engine, close_engine
 from srlm.errors import UserError
 from srlm.grading.rewards import REWARDS
 from srlm.grading import grade
@@ -183,6 +183,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
     finally:
         bar.close()
         log.close()
+        close_engine(engine)  # vLLM's KV cache back before the checkpoint is written and evaluated
     if d.main:
         save_model(model, tok, out_dir / "checkpoint")
         if status == "done":
@@ -195,12 +196,10 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
 def _rollout_engine(cfg, model, tok, model_dir: Path, device: torch.device):
     """The engine that samples rollouts. `hf` decodes with the policy module itself (no copy, nothing to
     sync); `vllm` loads its own copy from the stage's input and gets the weights after each update."""
-    if cfg.engine == "hf":
-        return HFEngine(model, tok, batch_size=max(cfg.micro_batch_size, cfg.group_size))
-    from srlm.engines import vllm  # says clearly when vLLM or CUDA is missing
-
-    return vllm.VLLMEngine(str(model_dir), seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                      in_process=True)
+    opts = EngineOptions(model=str(model_dir), batch_size=max(cfg.micro_batch_size, cfg.group_size),
+                         seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                         kv_cache_gb=cfg.vllm_kv_cache_gb, in_process=True)
+    return build_engine(cfg.engine, opts, loaded=(model, tok))[0]
 
 
 def _sync_engine(engine, model) -> None:

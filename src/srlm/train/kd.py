@@ -95,10 +95,12 @@ def make_rollout(model, tok, cfg, rank: int):
     Whether a step is on-policy and the sampling seed are functions of (seed, step, rank), so a resumed
     run and every process agree without communication.
     """
+    from srlm.engines import EngineOptions, build_engine
     from srlm.engines.base import SamplingParams
-    from srlm.engines.hf import HFEngine
 
-    engine = HFEngine(model, tok, batch_size=max(1, cfg.batch_size))
+    # the student being trained decodes its own samples: the hf engine on the live module
+    engine, _ = build_engine("hf", EngineOptions(model="student", batch_size=max(1, cfg.batch_size)),
+                             loaded=(model, tok))
     stops = tuple(stop_token_ids(tok))
 
     def rollout(step: int, micro_batches: list[list[PromptedExample]]):
@@ -216,8 +218,8 @@ def generate_traces(teacher_dir: str, records: list[dict], out: Path, device: to
     """
     import json
 
+    from srlm.engines import EngineOptions, build_engine
     from srlm.engines.base import SamplingParams
-    from srlm.engines.hf import HFEngine
     from srlm.grading import grade
 
     out = Path(out)
@@ -228,8 +230,8 @@ def generate_traces(teacher_dir: str, records: list[dict], out: Path, device: to
     counts = {"problems": len(records), "skipped_done": len(records) - len(todo), "sampled": 0, "accepted": 0,
               "problems_with_accepted": 0, "reformatted": 0}
     if todo:
-        teacher, tok = load_model(teacher_dir, device, dtype="auto")
-        engine = HFEngine(teacher, tok, batch_size=64, progress=False)
+        engine, tok = build_engine("hf", EngineOptions(model=str(teacher_dir), batch_size=64),
+                                   loaded=load_model(teacher_dir, device, dtype="auto"))
         stops = tuple(stop_token_ids(tok))
         bar = None
         if progress:
