@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from srlm.grading import grade
-from srlm.grading.extract import last_boxed
+from srlm.grading.extract import boxed_answer
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MIN_RATE = 0.999
@@ -28,9 +28,11 @@ def _gsm8k(split: str):
 
 
 def _boxed_gold(relative: str):
+    """The answer a reference solution states: its last box, or the run of boxes it ends with
+    (`\\boxed{(-2,18)}$ and $\\boxed{(8,38)}` states both intersection points)."""
     pairs = []
     for r in _rows(relative):
-        box = last_boxed(r["solution"])
+        box = boxed_answer(r["solution"])
         pairs.append((r["solution"], box[0] if box else ""))
     return pairs
 

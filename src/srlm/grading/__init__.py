@@ -10,7 +10,7 @@ from srlm.grading.grade import Grade, format_ok, grade
 from srlm.grading.rewards import REWARDS, combine_rewards, get_reward
 
 # Bump when a change can flip a verdict, so stored evaluation results say which grader made them.
-GRADER_VERSION = "1.0"
+GRADER_VERSION = "2.0"
 
 __all__ = [
     "GRADER_VERSION",

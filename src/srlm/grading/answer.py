@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from srlm.grading.evaluate import contains, expand_pm
 from srlm.grading.expression import FUNCTIONS, INF, ParseError, TooLarge, expand_repeating_decimals, parse_tokens
@@ -42,7 +43,8 @@ class Scalar:
     parser's grammar, a job for the symbolic tier) or ``"too_large"`` (refused on size).
     ``last_digit`` is the power of ten of the last written digit when the scalar is a plain number
     literal (``4.5e33`` → 32, ``0.25`` → -2, ``12`` → 0); ``decimal`` says it was written with a
-    point or an exponent, i.e. it may be a rounded value; ``significant_digits`` counts its digits.
+    point or an exponent, i.e. it may be a rounded value; ``significant_digits`` counts its digits;
+    ``scientific`` says it was written with an exponent (``4.5e33``, ``4.5 \\times 10^{33}``).
     ``unit`` is a stripped trailing unit (``cm^2``); ``alt`` is a second reading without a trailing
     one-letter unit (``\\frac{37}{4} m`` may be 37/4 metres or 37/4 times m).
     """
@@ -55,6 +57,7 @@ class Scalar:
     decimal: bool = False
     alt: "Scalar | None" = None
     significant_digits: int = 0
+    scientific: bool = False
 
 
 INFINITY = Scalar(text="\\infty", tree=INF)
@@ -101,6 +104,12 @@ def _node(tokens: list[Token], depth: int) -> tuple:
     matrix = _matrix(tokens, depth)
     if matrix is not None:
         return matrix
+    if len(tokens) >= 4 and tokens[0] in (Token("op", "["), Token("op", "(")) \
+            and tokens[-1] in (Token("op", "]"), Token("op", ")")) and tokens[1].kind == "begin":
+        # `\left[\begin{array}{cc}…\end{array}\right]`: the brackets are the matrix's own.
+        matrix = _matrix(tokens[1:-1], depth)
+        if matrix is not None:
+            return matrix
     parts = _split(tokens, _is_list_separator)
     if len(parts) > 1:
         items = [p for p in parts if p][:_MAX_ITEMS]
@@ -110,13 +119,17 @@ def _node(tokens: list[Token], depth: int) -> tuple:
     parts = _split(tokens, lambda t: t.kind == "cmd" and t.value == "cup")
     if len(parts) > 1 and all(parts):
         return ("union", tuple(_node(p, depth + 1) for p in parts[:_MAX_ITEMS]))
+    # `A:B = 1` is a labelled value: relations bind looser than ratios.
+    relation = _relation(tokens, depth)
+    if relation is not None:
+        return relation
     parts = _split(tokens, lambda t: t == Token("op", ":"))
     if len(parts) > 1 and all(parts):
         # 3:5 (a ratio) or 4:51:06 (a time)
         return ("ratio", tuple(_node(p, depth + 1) for p in parts[:_MAX_ITEMS]))
-    relation = _relation(tokens, depth)
-    if relation is not None:
-        return relation
+    matrix_sum = _matrix_sum(tokens, depth)
+    if matrix_sum is not None:
+        return matrix_sum
     bracketed = _bracketed(tokens, depth)
     if bracketed is not None:
         return bracketed
@@ -165,6 +178,11 @@ def _matrix(tokens: list[Token], depth: int) -> tuple | None:
     if first.kind != "begin" or first.value not in _MATRIX_ENVIRONMENTS or last != Token("end", first.value):
         return None
     inner = tokens[1:-1]
+    level = 0
+    for tok in inner:
+        level += (tok.kind == "begin") - (tok.kind == "end")
+        if level < 0:
+            return None  # `\begin{pmatrix}…\end{pmatrix} + \begin{pmatrix}…\end{pmatrix}`
     if first.value == "array" and inner and inner[0] == Token("op", "{"):
         close = next((k for k, t in enumerate(inner) if t == Token("op", "}")), None)
         inner = inner[close + 1:] if close is not None else inner
@@ -176,6 +194,55 @@ def _matrix(tokens: list[Token], depth: int) -> tuple | None:
         cells = _split(row, lambda t: t == Token("op", "&"))
         table.append(tuple(_node(c, depth + 1) for c in cells[:_MAX_ITEMS]))
     return ("matrix", tuple(table))
+
+
+def _matrix_sum(tokens: list[Token], depth: int) -> tuple | None:
+    """``\\begin{pmatrix}1\\\\2\\end{pmatrix} + 2\\begin{pmatrix}3\\\\4\\end{pmatrix}``: a sum of matrices
+    (each with an optional numeric factor) is the matrix of the summed cells, left unevaluated as
+    cell expressions."""
+    if not any(t.kind == "begin" for t in tokens) or not any(t == Token("op", "+") or t == Token("op", "-") for t in tokens):
+        return None
+    terms: list[tuple[int, list[Token]]] = []
+    sign, current, depth_env = 1, [], 0
+    for tok in tokens:
+        if tok.kind == "begin":
+            depth_env += 1
+        elif tok.kind == "end":
+            depth_env -= 1
+        if depth_env == 0 and tok in (Token("op", "+"), Token("op", "-")) and current:
+            terms.append((sign, current))
+            sign, current = (1 if tok.value == "+" else -1), []
+            continue
+        if depth_env == 0 and tok == Token("op", "-") and not current:
+            sign = -sign
+            continue
+        current.append(tok)
+    terms.append((sign, current))
+    if len(terms) < 2:
+        return None
+    total: list[list[tuple]] | None = None
+    for term_sign, term in terms:
+        start = next((k for k, t in enumerate(term) if t.kind == "begin"), None)
+        if start is None:
+            return None
+        matrix = _matrix(term[start:], depth)
+        if matrix is None or any(c[0] != "scalar" or c[1].tree is None for row in matrix[1] for c in row):
+            return None
+        try:
+            factor = parse_tokens(term[:start]) if start else ("num", Fraction(1))
+        except ParseError:
+            return None
+        if term_sign < 0:
+            factor = ("neg", factor)
+        cells = [[("mul", factor, c[1].tree) for c in row] for row in matrix[1]]
+        if total is None:
+            total = cells
+        elif [len(r) for r in total] != [len(r) for r in cells]:
+            return None
+        else:
+            total = [[("add", a, b) for a, b in zip(ra, rb)] for ra, rb in zip(total, cells)]
+    rows = tuple(tuple(("scalar", Scalar(text=repr(c), tree=c)) for c in row) for row in total)
+    return ("matrix", rows)
 
 
 def _relation(tokens: list[Token], depth: int) -> tuple | None:
@@ -216,6 +283,8 @@ def _bracketed(tokens: list[Token], depth: int) -> tuple | None:
         items = [p for p in _split(inner, lambda t: t == Token("op", ",")) if p]
         return ("set", _flatten(_node(p, depth + 1) for p in items[:_MAX_ITEMS]))
     items = _split(inner, lambda t: t == Token("op", ","))
+    if len(items) < 2:
+        items = _split(inner, lambda t: t == Token("op", ";"))  # `(1; 2)`, a European tuple
     if len(items) < 2 or not all(items):
         return None  # `(5)` is just a parenthesised number
     return ("seq", open_, close, tuple(_node(p, depth + 1) for p in items[:_MAX_ITEMS]))
@@ -371,8 +440,9 @@ def _scalar(tokens: list[Token], unit: str | None) -> Scalar:
         tree, failure = None, "too_large"
     except ParseError:
         tree, failure = None, "syntax"
+    scientific = last_digit is not None and (len(tokens) > 2 or any("e" in t.value.lower() for t in tokens if t.kind == "num"))
     return Scalar(text=text, tree=tree, failure=failure, unit=unit, last_digit=last_digit, decimal=decimal,
-                  significant_digits=significant)
+                  significant_digits=significant, scientific=scientific)
 
 
 def _is_text(tokens: list[Token]) -> bool:

@@ -10,13 +10,15 @@ Tiers, cheapest first; the first that can decide does:
 3. ``symbolic``: only when tier 2 cannot read an answer, sympy decides in a worker process with a
    hard time limit (``symbolic.py``).
 
-Numbers are compared exactly as rationals (``1/2`` = ``0.5``, ``3`` = ``3.0``). A gold written as a
-decimal or in scientific notation is treated as rounded (Minerva's ``4.5e33``): a response written
-with *more* digits, or an exact fraction against a gold of two or more significant digits, matches
-when it is within half a unit of the gold's last digit or within a relative 10^-(significant
-digits). A response with as few digits as the gold must match exactly, and an irrational response
-never gets the tolerance (``2\\pi`` is not ``6.28``). Benchmarks whose golds are exact (GSM8K,
-MATH, AIME, AMC) get no tolerance at all.
+Numbers are compared exactly as rationals (``1/2`` = ``0.5``, ``3`` = ``3.0``). A gold in scientific
+notation or a decimal of three or more significant digits is treated as rounded (Minerva's
+``4.5e33``, ``20.39``): a response written with *more* digits, or an exact fraction, matches when it
+rounds to the gold at the gold's own precision (half a unit of its last digit). A short decimal gold
+(``7.2``) is exact, a response with as few digits as the gold must match exactly, and an irrational
+response never gets the tolerance (``2\\pi`` is not ``6.28``). Benchmarks whose golds are exact
+(GSM8K, MATH, AIME, AMC) get no rounding tolerance. The other way round, a response decimal of six or
+more significant digits may stand for an exact gold that is not a literal (``0.0833333333`` for
+``\\frac{1}{12}``, ``0.8660254`` for ``\\frac{\\sqrt3}{2}``) within one unit of its last digit.
 """
 
 from __future__ import annotations
@@ -41,11 +43,17 @@ SYMBOLIC = "symbolic"
 NO_ANSWER = "no_answer"
 
 _SAMPLE_POINTS = 3
+# A decimal gold of this many significant digits (or in scientific notation) is a rounded value.
+_ROUNDED_GOLD_DIGITS = 3
+# A response decimal of this many significant digits may stand for an exact irrational or fraction.
+_LONG_DECIMAL_DIGITS = 6
 # Benchmarks whose golds are exact (integers, or exact LaTeX): no rounding tolerance.
 _EXACT_BENCHMARKS = ("math", "math500", "math_train", "hendrycks_math", "synthetic")
 _EXACT_BENCHMARK_WORDS = ("gsm8k", "aime", "amc")
-# "(B) 12", "B", "\\textbf{(B)}": a letter in parentheses, or a bare A–E not starting a word.
-_CHOICE_IN_TEXT = re.compile(r"^\(([A-Z])\)|^([A-E])(?:$|[^A-Za-z])")
+# "(B) 12", "B", "B) 12", "\\textbf{(B)}": a letter in parentheses, or a bare A–E standing alone (not
+# "A+B", "E'" or a word).
+_CHOICE_IN_TEXT = re.compile(r"^\(([A-Z])\)|^([A-E])(?:$|[).:](?:\s|$)|\s+(?=[\d(\\$-]))")
+_PARENTHESISED_LETTER = re.compile(r"\(([A-Z])\)")
 _NO_SOLUTION_WORDS = {"none", "nosolution", "nosolutions", "emptyset", "norealsolutions", "nosuchvalue"}
 
 
@@ -116,7 +124,7 @@ def compare(pred: str | None, gold: str | Gold, benchmark: str | None = None,
     result = _match(g.shape, p_shape, ctx)
     if result is False and p_shape[0] == "text" and g.shape[0] != "text":
         # A sentence where a value was expected ("\\text{The answer is } 5"): its last number.
-        number = last_number(p_norm.text)
+        number = last_number(p_norm.text, committed=True)
         if number is not None and number != p_norm.text:
             result = _match(g.shape, parse_answer(normalize_answer(number).text), ctx)
     if result is not None:
@@ -135,7 +143,9 @@ def is_equivalent(pred: str | None, gold: str | Gold, benchmark: str | None = No
 
 
 def _choice_letter(text: str) -> str | None:
-    flat = re.sub(r"\\text|[{}\s]|\\", "", text)
+    flat = " ".join(re.sub(r"\\text|[{}]|\\", "", text).split())
+    if len(set(_PARENTHESISED_LETTER.findall(flat))) > 1:
+        return None  # "(B) or (C)": a hedge, not a choice
     m = _CHOICE_IN_TEXT.match(flat)
     return (m.group(1) or m.group(2)) if m else None
 
@@ -177,6 +187,10 @@ def _match(g: tuple, p: tuple, ctx: _Context) -> bool | None:
         return False
     if gk in ("set", "list"):
         if pk in ("set", "list"):
+            if gk == pk == "list" and (_distinct_labels(g[1]) and not any(i[0] == "rel" for i in p[1])
+                                       or _distinct_labels(p[1]) and not any(i[0] == "rel" for i in g[1])):
+                # `a=1, b=2` against `1, 2`: the values are read in the order of the labels.
+                return _ordered(g[1], p[1], ctx)
             return _unordered(g[1], p[1], ctx)
         if pk == "seq" and gk == "list" and (p[1], p[2]) == ("(", ")"):
             return _unordered(g[1], p[3], ctx)
@@ -209,6 +223,13 @@ def _match_ratio(g: tuple, p: tuple, ctx: _Context) -> bool | None:
             return exact_value(node[1].tree)
         return None
 
+    if g[0] == p[0] == "ratio" and {len(g[1]), len(p[1])} == {2, 3}:
+        # A time with and without its seconds: `20:34` is `20:34:00`.
+        longer, shorter = (g, p) if len(g[1]) == 3 else (p, g)
+        seconds = longer[1][2]
+        if seconds[0] == "scalar" and seconds[1].text == "00":
+            return _ordered(longer[1][:2], shorter[1], ctx)
+        return False
     if g[0] == p[0] == "ratio" and len(g[1]) != 2:
         return _ordered(g[1], p[1], ctx)
     a, b = as_fraction(g), as_fraction(p)
@@ -244,6 +265,17 @@ def _vector(node: tuple) -> list | None:
     if len(rows) == 1:
         return list(rows[0])
     return None
+
+
+def _distinct_labels(items) -> bool:
+    """Every item is ``label = value`` and no two labels are the same (not the roots ``x=2, x=3``)."""
+    labels = []
+    for item in items:
+        found = _label_and_value(item) if item[0] == "rel" else None
+        if found is None:
+            return False
+        labels.append(found[0])
+    return len({repr(label) for label in labels}) == len(labels)
 
 
 def _combine(results) -> bool | None:
@@ -282,6 +314,69 @@ def _is_symbol(node: tuple) -> bool:
     return node[0] == "scalar" and node[1].tree is not None and node[1].tree[0] == "sym"
 
 
+def _has_number(tree: tuple) -> bool:
+    """A numeric literal outside exponents (``f^{-1}(x)`` holds none, ``2x`` does)."""
+    if tree[0] == "num":
+        return True
+    if tree[0] == "pow":
+        return _has_number(tree[1])
+    return any(isinstance(c, tuple) and _has_number(c) for c in tree[1:])
+
+
+def _is_label(node: tuple) -> bool:
+    """What names a value rather than states one: ``x``, ``AB``, ``|AB|``, ``f(x)``, ``\\sin x``,
+    ``(p,q,r)``, ``A:B``."""
+    if node[0] == "scalar":
+        tree = node[1].tree
+        return tree is not None and bool(free_symbols(tree)) and not _has_number(tree)
+    if node[0] == "choice":
+        return True  # a capital letter read as a choice, here a point's name (`A:B = 1`)
+    if node[0] in ("seq", "ratio"):
+        items = node[3] if node[0] == "seq" else node[1]
+        return all(_is_label(item) for item in items)
+    return False
+
+
+def _names(node: tuple) -> frozenset[str]:
+    if node[0] == "scalar":
+        return free_symbols(node[1].tree) if node[1].tree is not None else frozenset()
+    if node[0] == "choice":
+        return frozenset((node[1],))
+    items = node[3] if node[0] == "seq" else node[1] if node[0] in ("ratio", "list", "set") else ()
+    found: frozenset[str] = frozenset()
+    for item in items:
+        found |= _names(item)
+    return found
+
+
+# `y = …`, `f(x) = …`, `f^{-1}(x) = …`: labels that all name "the function's value", so two of them
+# may differ (`f^{-1}(x) = \frac{x-1}{2}` and `y = \frac{x-1}{2}`); any other two labels must agree.
+_OUTPUT_LABEL = re.compile(r"y|[A-Za-z](?:\^\{-1\})?\([A-Za-z]\)")
+
+
+def _is_function_label(node: tuple) -> bool:
+    """``f(x)``, ``f^{-1}(x)``: its argument may appear on the other side."""
+    return _is_output_label(node) and "(" in node[1].text
+
+
+def _is_output_label(node: tuple) -> bool:
+    return node[0] == "scalar" and _OUTPUT_LABEL.fullmatch(node[1].text) is not None
+
+
+def _label_and_value(rel: tuple) -> tuple[tuple, tuple] | None:
+    """(label, value) of ``x = 3``, ``3 = x``, ``|AB| = 1``, ``(p,q,r) = (3,2,7)``, ``f(x) = 2x+1``;
+    ``None`` for an equation that is not solved for a label (``x = 2x + 1``)."""
+    ops, parts = rel[1], rel[2]
+    if any(op != "=" for op in ops) or len(parts) != 2:
+        return None
+    lhs, rhs = parts
+    if _is_label(lhs) and (not (_names(lhs) & _names(rhs)) or _is_function_label(lhs)):
+        return lhs, rhs
+    if _is_label(rhs) and not _is_label(lhs) and not (_names(lhs) & _names(rhs)):
+        return rhs, lhs
+    return None
+
+
 def _solved_value(rel: tuple) -> tuple | None:
     """The value side of ``x = 3`` (or ``3 = x``, or the last part of ``x = 1 + 2 = 3``)."""
     ops, parts = rel[1], rel[2]
@@ -289,16 +384,8 @@ def _solved_value(rel: tuple) -> tuple | None:
         return None
     if len(parts) > 2:
         return parts[-1]
-    lhs, rhs = parts
-    if _is_symbol(lhs) and not _mentions(rhs, lhs[1].tree[1]):
-        return rhs
-    if _is_symbol(rhs) and not _mentions(lhs, rhs[1].tree[1]):
-        return lhs
-    # `f(x) = 2x+1`, `\frac{dM}{dt} = …`: a named left side; compare the right side.
-    if lhs[0] == "scalar" and lhs[1].tree is not None and rhs[0] != "rel":
-        if lhs[1].tree[0] == "sym" or (len(lhs[1].text) <= 12 and "(" in lhs[1].text):
-            return rhs
-    return None
+    found = _label_and_value(rel)
+    return found[1] if found else None
 
 
 def _mentions(node: tuple, name: str) -> bool:
@@ -315,7 +402,7 @@ def _match_against_relation(g: tuple, p: tuple, ctx: _Context) -> bool | None:
     interval = _inequality_interval(p)
     if interval is not None:
         return _match(g, interval, ctx)
-    if all(op == "=" for op in p[1]):
+    if all(op == "=" for op in p[1]) and not _names(("list", p[2])):
         # A chain of equal values (`\frac{5}{2} = 2.5`): the gold may be its last or first member.
         last = _match(g, p[2][-1], ctx)
         return True if last else _match(g, p[2][0], ctx)
@@ -335,9 +422,12 @@ def _match_relation(g: tuple, p: tuple, ctx: _Context) -> bool | None:
             return _match(gr, pr, ctx)
         if _match(gl, pr, ctx) is True:
             return _match(gr, pl, ctx)
-        p_value = _solved_value(p)
-        if g_value is not None and p_value is not None and _match(g_value, p_value, ctx):
+        g_found, p_found = _label_and_value(g), _label_and_value(p)
+        if g_found and p_found and _is_output_label(g_found[0]) and _is_output_label(p_found[0]) \
+                and _match(g_found[1], p_found[1], ctx):
             return True  # `f^{-1}(x) = \frac{x-1}{2}` and `y = \frac{x-1}{2}`
+        # Different labels (`\sin x = …` and `\cos x = …`, `a = 1` and `b = 1`) are different
+        # statements unless the equations are the same up to rearrangement.
         return _equations_equivalent(g, p)
     g_interval, p_interval = _inequality_interval(g), _inequality_interval(p)
     if g_interval is not None and p_interval is not None:
@@ -377,6 +467,35 @@ def _equations_equivalent(g: tuple, p: tuple) -> bool | None:
     return agreed >= 2
 
 
+def _substitute(tree: tuple, name: str, value: Fraction) -> tuple:
+    if tree[0] == "sym":
+        return ("num", value) if tree[1] == name else tree
+    return tuple(_substitute(c, name, value) if isinstance(c, tuple) else c for c in tree)
+
+
+def _solve_linear(lhs: tuple, rhs: tuple, op: str) -> tuple[tuple, str] | None:
+    """``-x > -1`` → (1, "<"); ``2x + 1 \\le 5`` → (2, "<="): an inequality linear in one variable
+    with exact coefficients, solved for the variable; ``None`` otherwise."""
+    if lhs[0] != "scalar" or rhs[0] != "scalar" or lhs[1].tree is None or rhs[1].tree is None:
+        return None
+    tree = ("add", lhs[1].tree, ("neg", rhs[1].tree))
+    names = free_symbols(tree)
+    if len(names) != 1:
+        return None
+    (name,) = names
+    values = [exact_value(_substitute(tree, name, Fraction(k))) for k in (0, 1, 2)]
+    if any(v is None for v in values):
+        return None
+    b, a = values[0], values[1] - values[0]
+    if a == 0 or values[2] != b + 2 * a:
+        return None
+    # a·x + b op 0  →  x op −b/a (the relation flips when a < 0)
+    if a < 0:
+        op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
+    bound = -b / a
+    return ("scalar", Scalar(text=str(bound), tree=("num", bound))), op
+
+
 def _inequality_interval(rel: tuple) -> tuple | None:
     """``x > 3`` → (3, ∞); ``-1 \\le x < 2`` → [-1, 2); ``x \\ne 2`` → (-∞, 2) ∪ (2, ∞); else ``None``."""
     ops, parts = rel[1], rel[2]
@@ -393,7 +512,10 @@ def _inequality_interval(rel: tuple) -> tuple | None:
         elif _is_symbol(rhs):
             var_first, bound, op = False, lhs, ops[0]
         else:
-            return None
+            solved = _solve_linear(lhs, rhs, ops[0])
+            if solved is None:
+                return None
+            var_first, bound, op = True, solved[0], solved[1]
         if not var_first:
             op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
         if op in ("<", "<="):
@@ -465,7 +587,7 @@ def _values_equal(g: Scalar, p: Scalar, scale: Fraction, ctx: _Context) -> bool:
     gv = exact_value(g.tree)
     pv = exact_value(p.tree)
     if gv is not None and pv is not None:
-        return _rationals_equal(gv, pv * scale, g, p, ctx)
+        return _rationals_equal(gv, pv * scale, g, p, ctx, scale)
     symbols = free_symbols(g.tree) | free_symbols(p.tree)
     if not symbols:
         try:
@@ -477,7 +599,10 @@ def _values_equal(g: Scalar, p: Scalar, scale: Fraction, ctx: _Context) -> bool:
             b = b * 180 / math.pi
         if ctx.pred_degrees and contains(g.tree, "pi") and not contains(p.tree, "pi"):
             b = b * math.pi / 180
-        # Irrational values never get the rounding tolerance: `4.5` is not `2\sqrt{5}` (4.47…).
+        # Irrational values never get the rounding tolerance: `4.5` is not `2\sqrt{5}` (4.47…);
+        # only a long decimal may stand for one (see `_long_decimal`).
+        if _long_decimal(g, p) and not a.imag and not b.imag:
+            return abs(a.real - b.real) <= 10.0 ** p.last_digit * float(scale) * (1 + 1e-9)
         return close(a, b)
     if _same_function(g.tree, p.tree, float(scale)):
         return True
@@ -489,26 +614,36 @@ def _values_equal(g: Scalar, p: Scalar, scale: Fraction, ctx: _Context) -> bool:
 
 
 def _rounded(g: Scalar, p: Scalar, ctx: _Context) -> bool:
-    """Whether ``g`` is a rounded decimal that rational ``p`` may match within half a unit of its
-    last digit: the gold was written with a point or exponent, and the response carries more
-    precision (more digits, or an exact fraction against a gold of at least two significant
-    digits, so ``0.33`` accepts ``\\frac{1}{3}`` but ``0.3`` does not)."""
+    """Whether ``g`` is a rounded value that ``p`` may match within half a unit of its last digit.
+
+    The gold must read as a measurement: scientific notation (``4.5e33``) or a decimal of at least
+    three significant digits (``20.39``). A short decimal (``0.1``, ``7.2``) is an exact value, so
+    ``7.21`` is not ``7.2``. The response must carry more precision than the gold (more digits, or
+    an exact fraction: ``0.333`` accepts ``\\frac{1}{3}``)."""
     if not (ctx.tolerant and g.decimal and g.last_digit is not None):
         return False
-    if p.last_digit is not None:
-        return p.last_digit < g.last_digit
-    return g.significant_digits >= 2
+    if not (g.scientific or g.significant_digits >= _ROUNDED_GOLD_DIGITS):
+        return False
+    return p.last_digit is None or p.last_digit < g.last_digit
 
 
-def _rationals_equal(gv: Fraction, pv: Fraction, g: Scalar, p: Scalar, ctx: _Context) -> bool:
+def _long_decimal(g: Scalar, p: Scalar) -> bool:
+    """``p`` is a long decimal (``0.0833333333``) that may stand for the exact, non-literal gold
+    (``\\frac{1}{12}``, ``\\frac{\\sqrt3}{2}``): the same rule for rational and irrational golds."""
+    return (p.decimal and p.last_digit is not None and p.significant_digits >= _LONG_DECIMAL_DIGITS
+            and g.last_digit is None)
+
+
+def _rationals_equal(gv: Fraction, pv: Fraction, g: Scalar, p: Scalar, ctx: _Context,
+                     scale: Fraction = Fraction(1)) -> bool:
+    """``pv`` is the response's value already multiplied by ``scale`` (a unit or % conversion)."""
     if gv == pv:
         return True
+    if _long_decimal(g, p):
+        # One unit of the response's last digit: rounded or truncated.
+        return abs(pv - gv) <= Fraction(10) ** p.last_digit * abs(scale)
     if _rounded(g, p, ctx):
-        # Half a unit of the gold's last digit (what rounding allows), or a relative error of
-        # 10^-digits (so 4.5e33 accepts 4.46e33 and 4.54e33, not 4.4e33).
-        half_unit = Fraction(1, 2) * Fraction(10) ** g.last_digit
-        relative = abs(gv) / Fraction(10) ** max(g.significant_digits, 1)
-        return abs(pv - gv) <= max(half_unit, relative)
+        return abs(pv - gv) <= Fraction(1, 2) * Fraction(10) ** g.last_digit
     return False
 
 

@@ -6,12 +6,15 @@ Rules, strongest first; the method name of the rule that fired is reported with 
 * ``answer_tag``: the content of the last ``<answer>…</answer>`` (the paper's format). The content is
   itself searched for a box, a ``####`` line or, in prose, an "answer is" phrase or a number, since
   models put ``\\boxed{}`` or sentences in it.
-* ``boxed``: the content of the last *closed* ``\\boxed{…}`` / ``\\fbox{…}`` (nested braces allowed).
-  A later box is a self-correction and wins; boxes are never merged.
+* ``boxed``: the content of the last *closed*, non-empty ``\\boxed{…}`` / ``\\fbox{…}`` (nested braces
+  allowed; an empty ``\\boxed{}`` is the instruction echoed back). A later box after prose is a
+  self-correction and wins; boxes separated only by connectors (``\\boxed{3} and \\boxed{5}``) are
+  one answer spread over several boxes and are read together (``3, 5``).
 * ``final_answer``: "the final answer is …" / "answer: …", when it comes after every box.
 * ``gsm8k``: the text after the last ``#### `` marker, when it comes after every box.
-* ``last_number``: the last number in the text (or the short ``$…$`` formula holding it). A weak
-  guess, reported as such.
+* ``last_number``: the last number in the text (or the short ``$…$`` formula or LaTeX word holding
+  it), only when the text commits to it: not a number pointed at ("the 15 books", "page 2") and not
+  in a text that disclaims an answer ("no idea"). A weak guess, reported as such.
 
 A closed ``<think>…</think>`` block is skipped: only the text after the last ``</think>`` counts.
 Everything here is linear in the length of the response: no regex with nested quantifiers runs on the
@@ -46,7 +49,8 @@ _PHRASE = re.compile(
 _GSM8K_MARK = "####"
 # A number as written in prose: optional sign, digits with optional thousands commas, decimals,
 # or a simple fraction a/b. The pieces are bounded by what follows, so matching stays linear.
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+# A digit glued to letters before it ("AZYUK2A", "H2O", "step2") is part of a word, not a number.
+_NUMBER = re.compile(r"(?<![A-Za-z_])(?:-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+)")
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _BRACE = re.compile(r"[{}]")
 _MATH_START = re.compile(r"[-+$\\(\[\d.]")
@@ -54,6 +58,21 @@ _INLINE_MATH = re.compile(r"\$([^$]{1,200})\$|\\\((.{1,200}?)\\\)")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 _LATEX_WORDS = re.compile(r"\\[A-Za-z]+|\\text\{[^{}]*\}")
 _BARE_BOX_TOKEN = re.compile(r"[^\s$,;]+")
+_PLAIN_WORD = re.compile(r"[A-Za-z]{2,}")
+_TRAILING_PUNCT = re.compile(r"[.,;:!?]+$")
+# A number right after one of these words points at something ("page 2", "remove the 15 books"),
+# it does not state a result.
+_REFERENCE_BEFORE = re.compile(
+    r"\b(?:the|these|those|page|pages|step|steps|line|lines|chapter|section|part|case|problem|question|"
+    r"exercise|equation|figure|table|note|notes|item|option|rule)\s{1,3}$", re.IGNORECASE)
+# Words that disclaim an answer.
+_HEDGE = re.compile(r"\b(?:no idea|not sure|don'?t know|do not know|cannot (?:be )?determine|can'?t determine|"
+                    r"unable to|cannot solve|can'?t solve)\b", re.IGNORECASE)
+_BARE_SYMBOL = re.compile(r"\\?[A-Za-z]+(?:_\{?\w{1,3}\}?)?")
+# What may separate the boxes of one answer: math delimiters, commas, "and"/"or", a label "y =".
+_BOX_CONNECTOR = re.compile(
+    r"(?:\s|\$|\\[()\[\]]|[,;&]|\\q?quad|\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b|\\\\"
+    r"|[A-Za-z](?:_\{?[A-Za-z0-9]{1,3}\}?)?\s*=)*")
 # Markdown headings ("#### Step 2") also start with ####; a GSM8K answer starts like a number.
 _GSM8K_ANSWER_START = re.compile(r"\s*[-+$\\\d.]")
 
@@ -107,11 +126,12 @@ def matching_braces(text: str, start: int = 0) -> dict[int, int]:
     return pairs
 
 
-def last_boxed(text: str) -> tuple[str, int] | None:
-    """Content and end index of the last closed ``\\boxed{…}``/``\\fbox{…}``, or ``None``.
+def boxes(text: str) -> list[tuple[str, int, int]]:
+    """(content, start, end) of every closed, non-empty ``\\boxed{…}``/``\\fbox{…}``, in order.
 
-    ``\\boxed 5`` (no braces) yields the next token. An unclosed last box (a truncated response)
-    falls back to the previous closed one.
+    ``\\boxed 5`` (no braces) holds the next token, unless that token is a plain word (prose that
+    mentions the command: "I put it in \\boxed to finish"). An empty box is the instruction's
+    ``\\boxed{}`` echoed back, not an answer. A box inside another box is not listed again.
     """
     starts: list[tuple[int, int]] = []  # (position after the command name, command start)
     for cmd in _BOX_COMMANDS:
@@ -120,10 +140,13 @@ def last_boxed(text: str) -> tuple[str, int] | None:
             starts.append((i + len(cmd), i))
             i = text.find(cmd, i + 1)
     if not starts:
-        return None
+        return []
     starts.sort()
     pairs: dict[int, int] | None = None
-    for after, _ in reversed(starts):
+    found: list[tuple[str, int, int]] = []
+    for after, begin in starts:
+        if found and begin < found[-1][2]:
+            continue
         j = after
         while j < len(text) and text[j] in " \t":
             j += 1
@@ -131,15 +154,40 @@ def last_boxed(text: str) -> tuple[str, int] | None:
             if pairs is None:
                 pairs = matching_braces(text, starts[0][0])
             end = pairs.get(j)
-            if end is not None:
-                return text[j + 1:end], end + 1
+            if end is not None and text[j + 1:end].strip():
+                found.append((text[j + 1:end], begin, end + 1))
             continue
         if j > after and j < len(text):
-            # `\boxed 5`: the box holds one token.
             m = _BARE_BOX_TOKEN.match(text, j)
-            if m:
-                return m.group(0), m.end()
-    return None
+            if m and not _PLAIN_WORD.fullmatch(m.group(0).rstrip(".")):
+                found.append((m.group(0), begin, m.end()))
+    return found
+
+
+def last_boxed(text: str) -> tuple[str, int] | None:
+    """Content and end index of the last closed, non-empty box (see ``boxes``), or ``None``.
+
+    An unclosed last box (a truncated response) falls back to the previous closed one.
+    """
+    found = boxes(text)
+    return (found[-1][0], found[-1][2]) if found else None
+
+
+def boxed_answer(text: str) -> tuple[str, int] | None:
+    """The final boxed answer and its end: the last box, or the run of boxes that ends the
+    response when only connectors separate them (``\\boxed{3} and \\boxed{5}`` → ``3, 5``, the
+    way R1-style traces box each part of an answer). A box after prose is a self-correction and
+    stands alone."""
+    found = boxes(text)
+    if not found:
+        return None
+    k = len(found) - 1
+    while k > 0 and found[k][1] - found[k - 1][2] <= 40 \
+            and _BOX_CONNECTOR.fullmatch(text, found[k - 1][2], found[k][1]):
+        k -= 1
+    if k == len(found) - 1:
+        return found[-1][0], found[-1][2]
+    return ", ".join(c.strip() for c, _, _ in found[k:]), found[-1][2]
 
 
 def _after_phrase(text: str) -> tuple[str, int, bool] | None:
@@ -157,11 +205,22 @@ def _after_phrase(text: str) -> tuple[str, int, bool] | None:
     strong = last.group().lower().startswith("final") and (
         _MATH_START.match(rest) is not None or len(_WORD.findall(answer)) <= 1)
     if _looks_like_prose(answer, min_words=2):
-        # "the answer is therefore 18 because …": the first math or number in the sentence.
-        math = _INLINE_MATH.search(answer) or _NUMBER.search(answer)
-        if math is not None:
-            answer = (math.group(1) or math.group(2)) if math.re is _INLINE_MATH else math.group()
+        answer = _value_in_sentence(answer) or answer
     return answer, last.start(), strong
+
+
+def _value_in_sentence(sentence: str) -> str | None:
+    """The value a sentence states: its first ``$…$`` formula that is not a bare variable name
+    ("The largest $n$ is $34$" gives ``34``), else its first number ("the answer is therefore 18
+    because …" gives ``18``), else its only formula."""
+    formulas = [(m.group(1) or m.group(2)).strip() for m in _INLINE_MATH.finditer(sentence)]
+    for formula in formulas:
+        if not _BARE_SYMBOL.fullmatch(formula):
+            return formula
+    number = _NUMBER.search(sentence)
+    if number is not None:
+        return number.group()
+    return formulas[0] if formulas else None
 
 
 def _first_math_or_sentence(rest: str) -> str:
@@ -188,13 +247,21 @@ def _after_gsm8k_mark(text: str) -> tuple[str, int] | None:
     return (answer, i) if answer else None
 
 
-def last_number(text: str) -> str | None:
+def last_number(text: str, committed: bool = False) -> str | None:
     """The last number in ``text``; if it sits inside a short ``$…$`` formula, that formula
-    (so "the probability is $\\frac{1}{2}$" gives ``\\frac{1}{2}``, not ``2``)."""
+    (so "the probability is $\\frac{1}{2}$" gives ``\\frac{1}{2}``, not ``2``), and if it sits in
+    LaTeX outside ``$`` (``so \\frac{10}{9}``), the LaTeX word holding it.
+
+    ``committed``: only a number the text states as a result; ``None`` when the last number is a
+    reference or a restatement ("page 2 of my notes", "to remove the 15 books") or the text
+    disclaims any answer ("I have no idea").
+    """
     last = None
     for m in _NUMBER.finditer(text):
         last = m
     if last is None:
+        return None
+    if committed and (_HEDGE.search(text) or _REFERENCE_BEFORE.search(text, max(0, last.start() - 30), last.start())):
         return None
     open_ = text.rfind("$", max(0, last.start() - 200), last.start())
     close = text.find("$", last.end(), last.end() + 200)
@@ -202,12 +269,31 @@ def last_number(text: str) -> str | None:
         formula = text[open_ + 1:close].strip()
         if formula and "$" not in formula:
             return formula
+    word = _latex_word(text, last.start(), last.end())
+    if word is not None:
+        return word
     return last.group(0).rstrip(",")
 
 
-def _from_span(text: str) -> Extraction:
+def _latex_word(text: str, start: int, end: int) -> str | None:
+    """The whitespace-delimited LaTeX (``\\frac{10}{9}``, ``\\(2^{10}\\)``) around ``text[start:end]``,
+    when the number is inside a command's braces; ``None`` for a plain number."""
+    left = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start)) + 1
+    right_space = [i for i in (text.find(" ", end), text.find("\n", end)) if i >= 0]
+    right = min(right_space) if right_space else len(text)
+    word = text[left:right]
+    if "\\" not in word or "{" not in word or right - left > 200:
+        return None
+    word = _TRAILING_PUNCT.sub("", word)
+    for open_, close in (("\\(", "\\)"), ("\\[", "\\]")):
+        if word.startswith(open_) and word.endswith(close):
+            word = word[len(open_):-len(close)]
+    return word if word.count("{") == word.count("}") else None
+
+
+def _from_span(text: str, committed: bool = False) -> Extraction:
     """Apply box, phrase, GSM8K marker and last-number rules to ``text``."""
-    box = last_boxed(text)
+    box = boxed_answer(text)
     phrase = _after_phrase(text)
     mark = _after_gsm8k_mark(text)
     box_end = box[1] if box else -1
@@ -224,7 +310,7 @@ def _from_span(text: str) -> Extraction:
         return Extraction(_clip(inner[0] if inner else answer), method)
     if box:
         return Extraction(_clip(box[0]), BOXED)
-    number = last_number(text)
+    number = last_number(text, committed=True)
     if number is not None:
         return Extraction(number, LAST_NUMBER)
     return Extraction(None, NONE)
@@ -261,7 +347,7 @@ def extract_answer(response: str) -> Extraction:
         inner = content.strip()
         if not inner:
             return Extraction(None, ANSWER_TAG)
-        box = last_boxed(inner)
+        box = boxed_answer(inner)
         if box:
             return Extraction(_clip(box[0]), ANSWER_TAG)
         mark = _after_gsm8k_mark(inner)

@@ -92,7 +92,20 @@ _REWRITES = [
     (re.compile(r"\{,\}"), ","),
     (re.compile(r"\\boxed\s*(?=\{)"), ""),
 ]
-_THOUSANDS = re.compile(r"(?<![\d.])([1-9]\d{0,2})((?:,\d{3})+)(?![\d])")
+# `1,000`, and the Indian grouping `10,00,000` (groups of two, then three).
+_THOUSANDS = re.compile(r"(?<![\d.])([1-9]\d{0,2})((?:,\d{3})+|(?:,\d{2})+,\d{3})(?![\d])")
+# `1,\! 000` and `1 {,} 000`: a thousands separator written with TeX spacing.
+_SPACED_SEPARATOR = re.compile(r"(?<=\d)\s*(?:\{,\}|,\s*\\!)\s*(?=\d{3}(?!\d))")
+# `x != 2` (code spelling), but not the factorial in `5!=120`.
+_NOT_EQUAL = re.compile(r"(?<![\d)!])\s!=|(?<=[A-Za-z])!=(?=\s)")
+# `1 1/2`: a whole number, a space and a proper fraction is a mixed number.
+_MIXED_NUMBER = re.compile(r"(?<![\d.^_{/])\b(\d{1,6}) (\d{1,6})/(\d{1,6})\b(?![\d./^])")
+_NUMBER_WORDS = {w: n for n, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty".split())}
+_NUMBER_WORDS.update({"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
+                      "ninety": 90, "hundred": 100})
+_NUMBER_WORD = re.compile(r"(?:\\text\{\s*)?([A-Za-z]+)(?:[- ]([A-Za-z]+))?(?:\s*\})?", re.IGNORECASE)
 _SPACED_THOUSANDS = re.compile(r"^-?[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?$")
 _TRAILING = re.compile(r"[\s.,;:]+$")
 _SPACES = re.compile(r"\s+")
@@ -112,6 +125,8 @@ def normalize_answer(answer: str) -> Normalized:
     degrees = bool(_DEGREES.search(text))
     if degrees:
         text = _DEGREES.sub(" ", text)
+    text = _SPACED_SEPARATOR.sub(",", text)
+    text = _NOT_EQUAL.sub(lambda _m: " \\ne ", text)
     text = _FRAC_VARIANTS.sub(r"\\frac", text)
     text = _BINOM_VARIANTS.sub(r"\\binom", text)
     text = _SIZING.sub("", text)
@@ -129,8 +144,25 @@ def normalize_answer(answer: str) -> Normalized:
     text = _SPACES.sub(" ", text).strip()
     text = _drop_empty_text(text)
     text = _merge_thousands(text)
+    text = _MIXED_NUMBER.sub(r"\1\\frac{\2}{\3}", text)
+    text = _number_word(text)
     text = _TRAILING.sub("", text)
     return Normalized(text=text, percent=percent, degrees=degrees, currency=currency)
+
+
+def _number_word(text: str) -> str:
+    """``eight``, ``\\text{Twenty-one}``: an answer that is one number written in words."""
+    m = _NUMBER_WORD.fullmatch(text)
+    if m is None:
+        return text
+    first, second = (m.group(1) or "").lower(), (m.group(2) or "").lower()
+    if first not in _NUMBER_WORDS:
+        return text
+    if not second:
+        return str(_NUMBER_WORDS[first])
+    if 20 <= _NUMBER_WORDS[first] <= 90 and _NUMBER_WORDS.get(second, 10) < 10:
+        return str(_NUMBER_WORDS[first] + _NUMBER_WORDS[second])
+    return text
 
 
 def _drop_empty_text(text: str) -> str:
