@@ -118,6 +118,14 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("so the ratio is \\frac{10}{9}.", "9", False),
         ("the ratio simplifies to \\(\\frac{10}{9}\\)", "\\frac{10}{9}", True),
         ("the ratio simplifies to \\(\\frac{9}{10}\\)", "\\frac{10}{9}", False),
+        ("which gives \\( (9+1) \\)", "10", True),
+        ("which gives \\( (9+1) \\)", "1", False),
+    ],
+    "sets_and_ratios": [
+        ("$\\boxed{\\{1,2\\}\\cup\\{3\\}}$", "\\{1,2,3\\}", True),
+        ("$\\boxed{\\{1,2\\}\\cup\\{4\\}}$", "\\{1,2,3\\}", False),
+        ("The ratio is $\\boxed{1:2}$.", "\\frac{1}{2}", True),
+        ("The ratio is $\\boxed{2:1}$.", "\\frac{1}{2}", False),
     ],
     "labelled_golds": [
         ("$\\boxed{(3,2,7)}$", "(p,q,r)=(3,2,7)", True),
@@ -132,6 +140,15 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("$\\boxed{4, 5}$", "AB=4, CD=5", True),
         ("$\\boxed{5, 4}$", "AB=4, CD=5", False),
         ("$\\boxed{AB=5, CD=4}$", "AB=4, CD=5", False),
+        # A sum or a power is not a label: `x^2+y^2=1` is a circle, not the value 1.
+        ("$\\boxed{1}$", "x^2+y^2=1", False),
+        ("$\\boxed{y^2 + x^2 = 1}$", "x^2+y^2=1", True),
+        # AMC golds hold the letter and the value: either one is the answer, a wrong letter is not.
+        ("The answer is $\\boxed{\\textbf{(B)}}$.", "\\textbf{(B) }7", True),
+        ("The answer is $\\boxed{7}$.", "\\textbf{(B) }7", True),
+        ("The answer is $\\boxed{\\textbf{(B) }7}$.", "\\textbf{(B) }7", True),
+        ("The answer is $\\boxed{\\textbf{(C)}}$.", "\\textbf{(B) }7", False),
+        ("The answer is $\\boxed{8}$.", "\\textbf{(B) }7", False),
     ],
     "thousands_separators": [
         ("$\\boxed{1,\\! 000}$", "1000", True),
@@ -142,6 +159,9 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("$\\boxed{10,00,000}$", "100000", False),
         ("$\\boxed{1,\\! 000}$", "100", False),
         ("$\\boxed{1, 2}$", "12", False),
+        ("Final Answer: The final answer is $14 {, }916$. I hope it is correct.", "14916", True),
+        ("So there were 1 000 people at the fair.", "1000", True),
+        ("So there were 1 000 people at the fair.", "1", False),
     ],
     "mixed_numbers": [
         ("He ate $\\boxed{1 1/2}$ pizzas.", "\\frac32", True),

@@ -118,7 +118,12 @@ def _node(tokens: list[Token], depth: int) -> tuple:
         return ("list", _flatten(_node(p, depth + 1) for p in items))
     parts = _split(tokens, lambda t: t.kind == "cmd" and t.value == "cup")
     if len(parts) > 1 and all(parts):
-        return ("union", tuple(_node(p, depth + 1) for p in parts[:_MAX_ITEMS]))
+        nodes = tuple(_node(p, depth + 1) for p in parts[:_MAX_ITEMS])
+        if all(n[0] in ("set", "empty") for n in nodes):
+            # `\{1,2\} \cup \{3\}` is the set `\{1,2,3\}`
+            items = tuple(item for n in nodes if n[0] == "set" for item in n[1])[:_MAX_ITEMS]
+            return ("set", items) if items else ("empty",)
+        return ("union", nodes)
     # `A:B = 1` is a labelled value: relations bind looser than ratios.
     relation = _relation(tokens, depth)
     if relation is not None:

@@ -54,6 +54,7 @@ _EXACT_BENCHMARK_WORDS = ("gsm8k", "aime", "amc")
 # "A+B", "E'" or a word).
 _CHOICE_IN_TEXT = re.compile(r"^\(([A-Z])\)|^([A-E])(?:$|[).:](?:\s|$)|\s+(?=[\d(\\$-]))")
 _PARENTHESISED_LETTER = re.compile(r"\(([A-Z])\)")
+_CHOICE_AND_VALUE = re.compile(r"(?:\\text\{\s*\(([A-E])\)\s*\}|\(([A-E])\))\s*(\S.*)")
 _NO_SOLUTION_WORDS = {"none", "nosolution", "nosolutions", "emptyset", "norealsolutions", "nosuchvalue"}
 
 
@@ -66,6 +67,8 @@ class Gold:
     canon: str
     shape: tuple
     tolerant: bool
+    # `\textbf{(B) }7` (AMC golds): the letter and the value; a response may give either.
+    choice_and_value: "tuple[str, Gold] | None" = None
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,10 @@ def benchmark_is_exact(benchmark: str | None) -> bool:
 def parse_gold(gold: str, benchmark: str | None = None) -> Gold:
     """Parse ``gold`` once (cached): every response to the same problem reuses the result."""
     norm = normalize_answer(gold)
+    both = _CHOICE_AND_VALUE.fullmatch(norm.text)
+    choice_and_value = (both.group(1) or both.group(2), parse_gold(both.group(3), benchmark)) if both else None
     return Gold(raw=gold, norm=norm, canon=_canon(norm.text), shape=parse_answer(norm.text),
-                tolerant=not benchmark_is_exact(benchmark))
+                tolerant=not benchmark_is_exact(benchmark), choice_and_value=choice_and_value)
 
 
 def _canon(text: str) -> str:
@@ -119,6 +124,12 @@ def compare(pred: str | None, gold: str | Gold, benchmark: str | None = None,
         return Verdict(True, STRING)
     if g.shape[0] == "choice":
         return Verdict(_choice_letter(p_norm.text) == g.shape[1], STRUCTURE)
+    if g.choice_and_value is not None:
+        letter, value = g.choice_and_value
+        given = _choice_letter(p_norm.text)
+        if given is not None:
+            return Verdict(given == letter, STRUCTURE)
+        return compare(pred, value, symbolic_timeout=symbolic_timeout)
     ctx = _Context(g.tolerant, g.norm.percent, p_norm.percent, g.norm.degrees, p_norm.degrees)
     p_shape = parse_answer(p_norm.text)
     result = _match(g.shape, p_shape, ctx)
@@ -167,6 +178,8 @@ def _match(g: tuple, p: tuple, ctx: _Context) -> bool | None:
     if gk == "rel":
         return _match_relation(g, p, ctx)
     if gk == "scalar":
+        if pk == "ratio":
+            return _match_ratio(g, p, ctx)
         if pk == "scalar":
             return _match_scalars(g[1], p[1], ctx)
         if pk in ("list", "set") and p[1]:
@@ -314,21 +327,28 @@ def _is_symbol(node: tuple) -> bool:
     return node[0] == "scalar" and node[1].tree is not None and node[1].tree[0] == "sym"
 
 
-def _has_number(tree: tuple) -> bool:
-    """A numeric literal outside exponents (``f^{-1}(x)`` holds none, ``2x`` does)."""
-    if tree[0] == "num":
+def _is_name(tree: tuple) -> bool:
+    """A variable, a product of variables (``AB``), their absolute value (``|AB|``), a function of
+    them (``\\sin x``, ``f^{-1}(x)``): not a sum or a power (``x^2 + y^2 = 1`` is an equation)."""
+    kind = tree[0]
+    if kind == "sym":
         return True
-    if tree[0] == "pow":
-        return _has_number(tree[1])
-    return any(isinstance(c, tuple) and _has_number(c) for c in tree[1:])
+    if kind in ("mul",):
+        return _is_name(tree[1]) and _is_name(tree[2])
+    if kind == "abs":
+        return _is_name(tree[1])
+    if kind == "fn":
+        return _is_name(tree[2])
+    if kind == "pow":
+        return tree[1][0] == "sym" and tree[2] == ("neg", ("num", Fraction(1)))
+    return False
 
 
 def _is_label(node: tuple) -> bool:
     """What names a value rather than states one: ``x``, ``AB``, ``|AB|``, ``f(x)``, ``\\sin x``,
     ``(p,q,r)``, ``A:B``."""
     if node[0] == "scalar":
-        tree = node[1].tree
-        return tree is not None and bool(free_symbols(tree)) and not _has_number(tree)
+        return node[1].tree is not None and _is_name(node[1].tree)
     if node[0] == "choice":
         return True  # a capital letter read as a choice, here a point's name (`A:B = 1`)
     if node[0] in ("seq", "ratio"):

@@ -50,7 +50,8 @@ _GSM8K_MARK = "####"
 # A number as written in prose: optional sign, digits with optional thousands commas, decimals,
 # or a simple fraction a/b. The pieces are bounded by what follows, so matching stays linear.
 # A digit glued to letters before it ("AZYUK2A", "H2O", "step2") is part of a word, not a number.
-_NUMBER = re.compile(r"(?<![A-Za-z_])(?:-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+)")
+# Thousands may be grouped with commas or with single spaces ("1 000 people").
+_NUMBER = re.compile(r"(?<![A-Za-z_])(?:-?[1-9]\d{0,2}(?: \d{3})+(?![\d.,])|-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+)")
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _BRACE = re.compile(r"[{}]")
 _MATH_START = re.compile(r"[-+$\\(\[\d.]")
@@ -269,6 +270,13 @@ def last_number(text: str, committed: bool = False) -> str | None:
         formula = text[open_ + 1:close].strip()
         if formula and "$" not in formula:
             return formula
+    for opener, closer in (("\\(", "\\)"), ("\\[", "\\]")):
+        open_ = text.rfind(opener, max(0, last.start() - 200), last.start())
+        close = text.find(closer, last.end(), last.end() + 200)
+        if open_ >= 0 and close >= 0 and closer not in text[open_:last.start()]:
+            formula = text[open_ + 2:close].strip()
+            if formula:
+                return formula
     word = _latex_word(text, last.start(), last.end())
     if word is not None:
         return word

@@ -95,7 +95,7 @@ _REWRITES = [
 # `1,000`, and the Indian grouping `10,00,000` (groups of two, then three).
 _THOUSANDS = re.compile(r"(?<![\d.])([1-9]\d{0,2})((?:,\d{3})+|(?:,\d{2})+,\d{3})(?![\d])")
 # `1,\! 000` and `1 {,} 000`: a thousands separator written with TeX spacing.
-_SPACED_SEPARATOR = re.compile(r"(?<=\d)\s*(?:\{,\}|,\s*\\!)\s*(?=\d{3}(?!\d))")
+_SPACED_SEPARATOR = re.compile(r"(?<=\d)\s*(?:\{\s*,\s*\}|,\s*\\!)\s*(?=\d{3}(?!\d))")
 # `x != 2` (code spelling), but not the factorial in `5!=120`.
 _NOT_EQUAL = re.compile(r"(?<![\d)!])\s!=|(?<=[A-Za-z])!=(?=\s)")
 # `1 1/2`: a whole number, a space and a proper fraction is a mixed number.
