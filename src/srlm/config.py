@@ -258,6 +258,9 @@ class EvalConfig(Strict):
     temperature: float = Field(0.6, ge=0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling.")
     max_new_tokens: int = Field(32768, ge=1, description="Longest response (capped by the model's context).")
+    stop_repetition: bool = Field(
+        False, description="End a response once it ends in a repetition loop (hf engine; counted as "
+                           "`repetition_stopped_rate`). Off keeps the paper's protocol.")
     batch_size: int = Field(64, ge=1, description="Prompts decoded together.")
     seed: int = Field(0, description="Sampling seed.")
     engine: Literal["hf", "vllm", "openai"] = Field(
@@ -277,6 +280,9 @@ class EvalConfig(Strict):
 
         for name in {*(r.name for r in self.benchmarks), *self.benchmark_prompts}:
             benchmark_template(self.prompt, name, self.benchmark_prompts)  # a UserError names the key
+        if self.stop_repetition and self.engine != "hf":
+            raise UserError(f"eval.stop_repetition: only the hf engine can stop a repetition loop, and "
+                            f"eval.engine is {self.engine!r}; set stop_repetition: false or engine: hf")
         return self
 
 

@@ -6,7 +6,8 @@ missing, so an interrupted evaluation loses at most the sequences in flight. Eac
 own seed (from the run's seed and its index in the benchmark), so a resumed run reproduces the uninterrupted
 one. `OUT/eval_settings.json` records the model, engine and protocol: a re-run with different ones is
 refused instead of mixing samples (`overwrite=True` starts afresh). `OUT/summary.json` holds accuracy (mean
-pass@1) with its standard error, pass@k, format and extraction rates, tokens, time and the full settings.
+pass@1) with its standard error, pass@k, format and extraction rates, how responses ended (truncation and
+repetition-loop rates), response tokens (mean, p95), time and the full settings.
 
 Under `torchrun` / `accelerate launch` (WORLD_SIZE > 1) rank r takes problems i % world == r and appends
 to `samples.rank{r}.jsonl`; after a barrier rank 0 merges the shards into `samples.jsonl`.
@@ -15,6 +16,7 @@ to `samples.rank{r}.jsonl`; after a barrier rank 0 merges the shards into `sampl
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -28,6 +30,7 @@ from srlm.data.sources import load_records
 from srlm.engines.base import Completion, SamplingParams, prompt_seeds
 from srlm.errors import UserError
 from srlm.grading import grade
+from srlm.repetition import ends_in_loop
 from srlm.stats import accuracy_summary
 from srlm.train.loop import atomic_write_json
 
@@ -41,7 +44,7 @@ SAMPLES_FILE = "samples.jsonl"
 PROTOCOL_FIELDS = ("prompt", "n", "temperature", "top_p", "max_new_tokens", "seed")
 # Protocol fields added later: stamped only when they differ from their default, so an evaluation folder
 # written before they existed still resumes.
-LATER_PROTOCOL_FIELDS = {"benchmark_prompts": {}, "num_fewshot": 0}
+LATER_PROTOCOL_FIELDS = {"benchmark_prompts": {}, "num_fewshot": 0, "stop_repetition": False}
 # Problems go to the engine this many batches at a time: enough for continuous batching to keep its
 # batch full, few enough that the finished completions an engine returns stay small in memory.
 CHUNK_BATCHES = 8
@@ -274,7 +277,8 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
     ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     sampling = SamplingParams(max_new_tokens=response_budget(cfg, engine, [len(x) for x in ids], ref.name),
                               temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.n,
-                              stop_token_ids=tuple(stop_token_ids(tokenizer)), stop_strings=stop)
+                              stop_token_ids=tuple(stop_token_ids(tokenizer)), stop_strings=stop,
+                              stop_repetition=cfg.stop_repetition)
     todo = [i for i, r in enumerate(records) if i % size == rank
             and any((r["id"], j) not in done for j in range(cfg.n))]
     t0 = time.perf_counter()
@@ -330,10 +334,24 @@ def summarize(name: str, records: list[dict], samples: list[dict], cfg, wall_sec
         "extraction_rate": extraction_rate,
         "extraction_failure_rate": 1.0 - extraction_rate,
         "no_answer": extraction_rate < MIN_EXTRACTION_RATE,  # the paper's dagger
-        "truncation_rate": sum(s["finish_reason"] == "length" for s in flat) / n,
-        "tokens_generated": sum(s["tokens"] for s in flat),
-        "mean_response_tokens": sum(s["tokens"] for s in flat) / n,
+        **response_accounting(flat),
         "wall_seconds": wall_seconds,
+    }
+
+
+def response_accounting(samples: list[dict]) -> dict:
+    """What the responses cost and how they ended (pure): truncated (hit max_new_tokens), ending in a
+    repetition loop (`srlm.repetition`, whatever ended them), cut early by `eval.stop_repetition`; mean and
+    95th-percentile (nearest rank) response tokens."""
+    n = max(1, len(samples))
+    tokens = sorted(s["tokens"] for s in samples)
+    return {
+        "truncation_rate": sum(s["finish_reason"] == "length" for s in samples) / n,
+        "repetition_rate": sum(ends_in_loop(s["response"]) for s in samples) / n,
+        "repetition_stopped_rate": sum(s["finish_reason"] == "repetition" for s in samples) / n,
+        "tokens_generated": sum(tokens),
+        "mean_response_tokens": sum(tokens) / n,
+        "p95_response_tokens": tokens[math.ceil(0.95 * len(tokens)) - 1] if tokens else 0,
     }
 
 
@@ -344,9 +362,12 @@ def evaluate(engine, tokenizer, cfg, out_dir: Path, model_name: str, progress: b
     `summary.json` keeps the entries of benchmarks evaluated earlier into the same folder (same settings,
     which `check_settings` guarantees) next to this call's."""
     out_dir = Path(out_dir)
+    engine_name = engine_name or getattr(engine, "name", type(engine).__name__)
+    if cfg.stop_repetition and not getattr(engine, "stops_repetition", False):
+        raise UserError(f"eval.stop_repetition: the {engine_name} engine cannot stop a repetition loop; use the "
+                        f"hf engine or stop_repetition: false")
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, size = world()
-    engine_name = engine_name or getattr(engine, "name", type(engine).__name__)
     check_settings(out_dir, settings_stamp(cfg, model_name, engine_name), cfg.benchmarks, overwrite)
     barrier()  # settings checked (and an overwrite done) on every rank before any sample is written
     t0 = time.perf_counter()

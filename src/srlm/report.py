@@ -87,6 +87,24 @@ def format_table(rows: list[Row]) -> list[list[str]]:
     return table
 
 
+def response_table(rows: list[Row]) -> list[list[str]]:
+    """How each evaluation's responses ended and what they cost: truncated % (hit max_new_tokens), % ending
+    in a repetition loop, mean and p95 response tokens."""
+    benches = benchmark_names(rows)
+    table = [["method"] + [f"{b} truncated / loop % · mean / p95 tokens" for b in benches]]
+    for r in rows:
+        cells = []
+        for b in benches:
+            s = r.benchmarks.get(b)
+            if s is None or "repetition_rate" not in s:
+                cells.append("–")
+                continue
+            cells.append(f"{100 * s['truncation_rate']:.0f} / {100 * s['repetition_rate']:.0f} · "
+                         f"{s['mean_response_tokens']:.0f} / {s['p95_response_tokens']}")
+        table.append([r.label] + cells)
+    return table
+
+
 def cost_table(rows: list[Row]) -> list[list[str]]:
     table = [["method", "status", "train wall (s)", "device", "device-hours", "train tokens", "peak memory (GB)"]]
     for r in rows:
@@ -153,7 +171,10 @@ def report_markdown(title: str, rows: list[Row], plots: list[tuple[str, str]] = 
              markdown(accuracy_table(rows)), "",
              f"{DAGGER} no answer could be extracted from the responses; {DOUBLE_DAGGER} the RL stage collapsed "
              "(training stopped by the collapse guard).", "",
-             "## Format and extraction rates (%)", "", markdown(format_table(rows)), ""]
+             "## Format and extraction rates (%)", "", markdown(format_table(rows)), "",
+             "## How responses ended", "", markdown(response_table(rows)), "",
+             "Truncated: hit the response token limit. Loop: the response ends in a repetition loop (the same "
+             "text at least 4 times over at least 200 characters, whatever ended it).", ""]
     if gains:
         parts += ["## What each stage adds (accuracy points over its starting checkpoint)", "",
                   markdown(gains_table(list(gains))), "",

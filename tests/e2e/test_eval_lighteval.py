@@ -36,6 +36,9 @@ def test_eval_with_lighteval_prompts_on_six_benchmarks(model_dir, tmp_path, caps
     assert {b: summary[b]["prompt_template"] for b in BENCHES} == {
         "olympiadbench": "lighteval_olympiadbench", "math500": "lighteval_math", "minerva_math": "lighteval_math",
         "amc23": "lighteval_math", "gsm8k": "lighteval_gsm8k", "aime24": "lighteval_math"}
+    for b in BENCHES:  # how the responses ended, per benchmark
+        assert {"truncation_rate", "repetition_rate", "repetition_stopped_rate", "mean_response_tokens",
+                "p95_response_tokens"} <= set(summary[b])
     samples = {b: [json.loads(x) for x in (tmp_path / "a" / b / "samples.jsonl").read_text().splitlines()]
                for b in BENCHES}
     assert all(s["prompt"].count("Solve the following math problem") == 1 for s in samples["math500"])

@@ -43,6 +43,9 @@ def register(sub) -> None:
     p.add_argument("--num-fewshot", type=int, default=d.num_fewshot,
                    help=f"solved examples before each problem, for templates that draw them (lighteval's "
                         f"GSM8K; default {d.num_fewshot})")
+    p.add_argument("--stop-repetition", action="store_true",
+                   help="end a response once it ends in a repetition loop (hf engine; counted apart; off by "
+                        "default, as in the paper's protocol)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"sampling seed (default {d.seed})")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"sequences decoded together by the hf engine (default {d.batch_size})")
@@ -95,8 +98,9 @@ def build_config(args):
     try:
         return EvalConfig(
             benchmarks=[DatasetRef(name=n, split=args.split, path=args.data_path, limit=args.limit) for n in names],
-            prompt=args.prompt, num_fewshot=args.num_fewshot, n=args.n, temperature=args.temperature, top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+            prompt=args.prompt, num_fewshot=args.num_fewshot, n=args.n, temperature=args.temperature,
+            top_p=args.top_p, max_new_tokens=args.max_new_tokens, stop_repetition=args.stop_repetition,
+            batch_size=args.batch_size, seed=args.seed)
     except ValidationError as err:
         first = err.errors()[0]
         field = str(first["loc"][-1]) if first["loc"] else "arguments"
@@ -109,14 +113,17 @@ def _pct(x: float) -> str:
 
 def summary_table(summary: dict) -> str:
     """Benchmark, problems, accuracy ± se, pass@k, format and extraction-failure rates, as aligned text."""
-    rows = [["benchmark", "problems", "accuracy (%)", "pass@k (%)", "format (%)", "no answer (%)"]]
+    rows = [["benchmark", "problems", "accuracy (%)", "pass@k (%)", "format (%)", "no answer (%)",
+             "truncated (%)", "loop (%)", "tokens mean / p95"]]
     for name, s in summary["benchmarks"].items():
         acc = f"{_pct(s['accuracy'])} ± {_pct(s['accuracy_se'])}"
         if s.get("no_answer"):
             acc = f"† ({acc})"
         passk = " ".join(f"@{k} {_pct(v['value'])}" for k, v in s["pass_at_k"].items() if k != "1") or "-"
         rows.append([name, str(s["n_problems"]), acc, passk, _pct(s["format_rate"]),
-                     _pct(s["extraction_failure_rate"])])
+                     _pct(s["extraction_failure_rate"]), _pct(s["truncation_rate"]),
+                     _pct(s.get("repetition_rate", float("nan"))),
+                     f"{s['mean_response_tokens']:.0f} / {s.get('p95_response_tokens', '-')}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if any(s.get("no_answer") for s in summary["benchmarks"].values()):

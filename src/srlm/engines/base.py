@@ -25,6 +25,9 @@ class SamplingParams:
     min_new_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()  # generation ends after the first one appears (kept in the text)
+    # End a sequence once its tokens end in a repetition loop (`srlm.repetition`), finish_reason
+    # "repetition". Only engines with `stops_repetition = True` honour it.
+    stop_repetition: bool = False
     seed: int | None = None
 
 
@@ -32,7 +35,7 @@ class SamplingParams:
 class Completion:
     token_ids: list[int]  # everything generated, the final stop token included
     text: str  # decoded without special tokens (EOS / end-of-turn markers)
-    finish_reason: str  # "stop" (a stop token or string) or "length" (hit max_new_tokens)
+    finish_reason: str  # "stop" (a stop token or string), "length" (hit max_new_tokens) or "repetition"
     meta: dict = field(default_factory=dict)
     # Tokens the engine generated, when it knows better than len(token_ids): a remote server reports its
     # count in `usage`, while `token_ids` there is a local re-tokenisation of the text.

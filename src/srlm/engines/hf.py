@@ -23,6 +23,11 @@ from srlm.data.collate import distinct_left_padded
 from srlm.engines.base import Completion, SamplingParams, prompt_seeds
 from srlm.engines.lean import LeanForward, LeanLayerCache, lean_unsupported
 from srlm.hf_compat import cache_kwargs
+from srlm.repetition import tokens_end_in_loop
+
+# With `SamplingParams.stop_repetition`, a row's tokens are tested for a loop every this many tokens (a
+# test costs well under a millisecond; a loop is caught at most this many tokens late).
+REPETITION_CHECK_EVERY = 32
 
 
 @dataclass
@@ -119,6 +124,7 @@ class HFEngine:
     """
 
     name = "hf"
+    stops_repetition = True  # honours SamplingParams.stop_repetition
 
     def __init__(self, model, tokenizer, batch_size: int = 64, progress: bool = False, refill: float = 0.25,
                  lean: bool = True):
@@ -277,6 +283,9 @@ class HFEngine:
                 row.tokens.append(t)  # a stop token stays in token_ids (training needs it)
                 if stop or (stops.strings and self._hit_stop_string(row.tokens, stops)):
                     row.finish_reason = "stop"
+                elif (sampling.stop_repetition and len(row.tokens) % REPETITION_CHECK_EVERY == 0
+                      and tokens_end_in_loop(row.tokens)):
+                    row.finish_reason = "repetition"
                 elif len(row.tokens) < sampling.max_new_tokens:
                     live += 1
                     continue
