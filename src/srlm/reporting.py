@@ -7,12 +7,18 @@ from pathlib import Path
 
 import yaml
 
-from srlm.report import Gain, Row, accuracy_table, cost_table, csv_text, gains_table, latex, report_markdown
+from srlm.report import (
+    Comparison, Gain, Row, StageCost, accuracy_records, accuracy_table, cost_records, cost_table, csv_records,
+    gains_records, gains_table, latex, pipeline_cost_records, pipeline_cost_table, report_markdown, start_groups,
+)
 from srlm.stats import paired_difference
 from srlm.train.loop import atomic_write_text, read_metrics
 
-RL_CURVES = [("reward", "reward"), ("accuracy", "accuracy"), ("kl", "KL to reference"),
-             ("completion_len_mean", "completion length (tokens)")]
+# GRPO metrics plotted, with the panel titles: the accuracy and format rate are those of the step's
+# rollouts (training prompts, sampled at the training temperature), not of an evaluation.
+RL_CURVES = [("reward", "reward"), ("accuracy", "rollout accuracy"), ("format_rate", "rollout format rate"),
+             ("kl", "KL to reference"), ("completion_len_mean", "completion length (tokens)"),
+             ("truncation_rate", "rollout truncation rate")]
 
 
 def collect_rows(run_dir: Path) -> list[Row]:
@@ -29,17 +35,24 @@ def collect_rows(run_dir: Path) -> list[Row]:
         info = json.loads((run_dir / name / "pipeline.json").read_text())
         summary_path = run_dir / name / "eval" / "summary.json"
         benches = json.loads(summary_path.read_text())["benchmarks"] if summary_path.exists() else {}
-        cost = {"wall_seconds": 0.0, "device_hours": 0.0, "tokens": 0, "peak_memory_gb": 0.0, "device": "–"}
-        for st in info["stages"]:
-            c = st.get("cost", {})
-            cost["wall_seconds"] += c.get("wall_seconds", 0.0)
-            cost["device_hours"] += c.get("device_hours", 0.0)
-            cost["tokens"] += c.get("tokens", 0)
-            cost["peak_memory_gb"] = max(cost["peak_memory_gb"], c.get("peak_memory_gb", 0.0))
-            cost["device"] = c.get("device", cost["device"])
         label = (pipelines.get(name) or {}).get("label") or name
-        rows.append(Row(label, info["status"], benches, cost, info["stages"], info.get("reason"), folder=name))
+        start = _start_of(pipelines, name, (cfg.get("model") or {}).get("name_or_path", ""))
+        rows.append(Row(label, info["status"], benches, stages=info["stages"], reason=info.get("reason"),
+                        folder=name, start=info.get("start") or start))
     return rows
+
+
+def _start_of(pipelines: dict, name: str, default: str) -> str:
+    """A pipeline's starting model from the run's config: its own `start`, else its ancestor's, else the
+    config's model (the same walk as `config.pipeline_start`, on the saved YAML)."""
+    seen = set()
+    while name in pipelines and name not in seen:
+        seen.add(name)
+        p = pipelines[name] or {}
+        if p.get("start"):
+            return p["start"]
+        name = p.get("extends")
+    return default
 
 
 def per_problem_accuracy(bench_dir: Path) -> dict[str, float]:
@@ -62,7 +75,8 @@ def collect_gains(run_dir: Path, rows: list[Row]) -> list[Gain]:
     protocols is not the stage's doing.
     """
     run_dir = Path(run_dir)
-    by_stages = {tuple(st["dir"] for st in r.stages): r for r in rows if r.status == "done" and r.stages}
+    # (starting model, stage folders) -> row; a row without stages is its starting model evaluated as it is
+    by_stages = {(r.start, tuple(st["dir"] for st in r.stages)): r for r in rows if r.status == "done"}
     accuracy: dict[Path, dict[str, float]] = {}  # a start row is compared with every row that extends it
 
     def per_problem(bench_dir: Path) -> dict[str, float]:
@@ -72,8 +86,8 @@ def collect_gains(run_dir: Path, rows: list[Row]) -> list[Gain]:
 
     gains = []
     for r in rows:
-        start = by_stages.get(tuple(st["dir"] for st in r.stages[:-1]))
-        if r.status != "done" or start is None or not r.benchmarks:
+        start = by_stages.get((r.start, tuple(st["dir"] for st in r.stages[:-1])))
+        if r.status != "done" or not r.stages or start is None or not r.benchmarks:
             continue
         here, there = run_dir / r.folder / "eval", run_dir / start.folder / "eval"
         protocol = _protocol(here)
@@ -85,6 +99,33 @@ def collect_gains(run_dir: Path, rows: list[Row]) -> list[Gain]:
         if benches:
             gains.append(Gain(r.label, start.label, benches))
     return gains
+
+
+def compare_runs(run_a: Path, run_b: Path) -> tuple[list[Comparison], list[str]]:
+    """The rows of two run folders matched by pipeline name (A's order, then B's others), with B - A paired
+    per benchmark where both evaluations used the same protocol; also one note per protocol mismatch."""
+    rows_a = {r.folder: r for r in collect_rows(run_a)}
+    rows_b = {r.folder: r for r in collect_rows(run_b)}
+    comparisons, notes = [], []
+    for name in list(rows_a) + [n for n in rows_b if n not in rows_a]:
+        a, b = rows_a.get(name), rows_b.get(name)
+        c = Comparison((a or b).label, a, b)
+        if a and b and a.status == b.status == "done":
+            pa, pb = _protocol(Path(run_a) / name / "eval"), _protocol(Path(run_b) / name / "eval")
+            for bench in (x for x in a.benchmarks if x in b.benchmarks):
+                if pa is None or pa != pb:
+                    c.differences[bench] = None
+                    continue
+                d = paired_difference(per_problem_accuracy(Path(run_b) / name / "eval" / bench),
+                                      per_problem_accuracy(Path(run_a) / name / "eval" / bench))
+                if d["n_problems"] > 1:  # fewer problems in common: no standard error to show
+                    c.differences[bench] = d
+            if pa != pb:
+                keys = sorted(k for k in set(pa or {}) | set(pb or {}) if (pa or {}).get(k) != (pb or {}).get(k))
+                notes.append(f"{c.label}: evaluation protocols differ ({', '.join(keys) or 'settings missing'}); "
+                             "no paired difference")
+        comparisons.append(c)
+    return comparisons, notes
 
 
 def _protocol(eval_dir: Path) -> dict | None:
@@ -100,6 +141,70 @@ def _stage_label(rows: list[Row], stage_dir: str) -> str:
     return f"{users[0].label} ({kind})" if users else Path(stage_dir).name
 
 
+def collect_stages(rows: list[Row]) -> list[StageCost]:
+    """Every stage folder the rows went through, once each, in order of first use."""
+    stages: dict[str, StageCost] = {}
+    for r in rows:
+        for st in r.stages:
+            if st["dir"] not in stages:
+                stages[st["dir"]] = StageCost(_stage_label(rows, st["dir"]), st["kind"], st["status"],
+                                              st.get("cost", {}))
+            stages[st["dir"]].used_by.append(r.label)
+    return list(stages.values())
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` finite values (fewer at the start); NaN where none is finite."""
+    out = []
+    for i in range(len(values)):
+        recent = [v for v in values[max(0, i + 1 - window): i + 1] if v == v]
+        out.append(sum(recent) / len(recent) if recent else float("nan"))
+    return out
+
+
+def _smoothing_window(n_steps: int) -> int:
+    return max(1, min(25, n_steps // 10))
+
+
+def _finish_figure(fig, out: Path, title: str, handles_from=None) -> None:
+    """Suptitle, the legend outside the axes (right of them), save, close."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    right = 1.0
+    if handles_from is not None:
+        handles, labels = handles_from.get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, right, 1))
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _integer_steps(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+
+
+def _log_y(ax) -> None:
+    """Log-scale y with plain numbers (0.3, 1, 2) instead of powers of ten: loss ranges are narrow."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter
+
+    def label(every: tuple[int, ...]):
+        def fmt(v, _):
+            lead = round(v / 10 ** math.floor(math.log10(v))) if v > 0 else 0
+            return f"{v:g}" if lead in every else ""
+        return FuncFormatter(fmt)
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(label((1,)))
+    ax.yaxis.set_minor_formatter(label((2, 5)))
+
+
 def plot_files(run_dir: Path, rows: list[Row]) -> list[tuple[str, str]]:
     """Write the report's PNGs; returns (caption, relative path) pairs. Needs matplotlib (Agg backend)."""
     import matplotlib
@@ -111,70 +216,110 @@ def plot_files(run_dir: Path, rows: list[Row]) -> list[tuple[str, str]]:
     out.mkdir(exist_ok=True)
     plots: list[tuple[str, str]] = []
     stage_dirs = list(dict.fromkeys(st["dir"] for r in rows for st in r.stages))
-    rl = [d for d in stage_dirs if Path(d).name.startswith("grpo")]
-    sup = [d for d in stage_dirs if not Path(d).name.startswith("grpo")]
+    metrics = {d: read_metrics(Path(d) / "metrics.jsonl") if (Path(d) / "metrics.jsonl").exists() else []
+               for d in stage_dirs}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    rl = [d for d in stage_dirs if Path(d).name.startswith("grpo") and metrics[d]]
     if rl:
-        fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-        for d in rl:
-            m = read_metrics(Path(d) / "metrics.jsonl")
+        fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+        n_steps = max(len(metrics[d]) for d in rl)
+        window = _smoothing_window(n_steps)
+        for i, d in enumerate(rl):
+            m, color = metrics[d], colors[i % len(colors)]
+            steps = [x["step"] for x in m]
             for ax, (key, title) in zip(axes.flat, RL_CURVES):
-                ax.plot([x["step"] for x in m], [x.get(key, float("nan")) for x in m], label=_stage_label(rows, d))
-                ax.set_title(title)
-                ax.set_xlabel("step")
-        axes.flat[0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "rl_curves.png", dpi=110)
-        plt.close(fig)
-        plots.append(("RL curves: reward, accuracy, KL, completion length", "plots/rl_curves.png"))
-    if sup:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for d in sup:
-            m = read_metrics(Path(d) / "metrics.jsonl")
-            ax.plot([x["step"] for x in m], [x["loss"] for x in m], label=_stage_label(rows, d))
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "loss_curves.png", dpi=110)
-        plt.close(fig)
-        plots.append(("Loss curves of the supervised stages", "plots/loss_curves.png"))
+                raw = [float(x.get(key, float("nan"))) for x in m]
+                ax.plot(steps, raw, color=color, alpha=0.25, linewidth=0.8, marker=".", markersize=3)
+                ax.plot(steps, moving_average(raw, window), color=color, linewidth=1.6, label=_stage_label(rows, d))
+                ax.set_title(title, fontsize=10)
+                _integer_steps(ax)
+        smooth = f"moving average over {window} steps" if window > 1 else "every step"
+        _finish_figure(fig, out / "rl_curves.png", f"GRPO training: rollout metrics per step ({smooth}; faint: raw)",
+                       axes.flat[0])
+        plots.append(("GRPO training curves: reward, rollout accuracy and format rate, KL, completion length, "
+                      "truncation (lines: moving average; faint points: each step)", "plots/rl_curves.png"))
+    sup = [d for d in stage_dirs if not Path(d).name.startswith("grpo") and metrics[d]]
+    pre = [d for d in sup if Path(d).name.startswith("pretrain")]
+    tuned = [d for d in sup if d not in pre]
+    panels = [(pre, "pre-training"), (tuned, "supervised stages (SFT, KD, distillation)")]
+    panels = [(ds, t) for ds, t in panels if ds]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+        for j, (ax, (ds, title)) in enumerate(zip(axes.flat, panels)):
+            for i, d in enumerate(ds):
+                m = metrics[d]
+                steps, loss = [x["step"] for x in m], [x["loss"] for x in m]
+                color = colors[(i + 3 * j) % len(colors)]
+                window = _smoothing_window(len(m))
+                ax.plot(steps, loss, color=color, alpha=0.25, linewidth=0.8)
+                ax.plot(steps, moving_average(loss, window), color=color, linewidth=1.6, label=_stage_label(rows, d))
+            _log_y(ax)
+            ax.set_title(title, fontsize=10)
+            ax.set_ylabel("training loss (log scale)")
+            _integer_steps(ax)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15), frameon=False, ncol=2)
+        _finish_figure(fig, out / "loss_curves.png", "Training loss of the supervised stages (faint: each step)")
+        plots.append(("Training loss: pre-training, and the SFT / KD stages in their own panel",
+                      "plots/loss_curves.png"))
     scored = [r for r in rows if r.benchmarks and r.status == "done"]
     if scored:
-        benches = list(dict.fromkeys(b for r in scored for b in r.benchmarks))
-        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(scored) * len(benches) ** 0.5), 4.5))
-        width = 0.8 / len(benches)
-        for j, b in enumerate(benches):
-            xs = [i + j * width for i in range(len(scored))]
-            ys = [100 * r.benchmarks[b]["accuracy"] if b in r.benchmarks else 0 for r in scored]
-            es = [100 * r.benchmarks[b].get("accuracy_se", 0) if b in r.benchmarks else 0 for r in scored]
-            ax.bar(xs, ys, width, yerr=es, capsize=2, label=b)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(scored))])
-        ax.set_xticklabels([r.label for r in scored], rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("accuracy (%)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "accuracy.png", dpi=110)
-        plt.close(fig)
-        plots.append(("Accuracy per method and benchmark (± standard error)", "plots/accuracy.png"))
+        plots.append(_accuracy_plot(scored, out, plt, colors))
     return plots
 
 
-def write_report(run_dir: Path, formats: tuple[str, ...] = ("md", "csv", "tex", "png")) -> Path:
-    """Write `report.md` (and csv/tex tables, png plots) into `run_dir`; returns the report's path."""
+def _accuracy_plot(scored: list[Row], out: Path, plt, colors) -> tuple[str, str]:
+    """Bars of accuracy ± standard error, one panel per starting model, one colour per benchmark."""
+    groups = start_groups(scored)
+    benches = list(dict.fromkeys(b for r in scored for b in r.benchmarks))
+    widths = [len(g) for _, g in groups]
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(7, 0.55 * len(scored) * len(benches) ** 0.5 + 2), 5),
+                             sharey=True, squeeze=False, gridspec_kw={"width_ratios": widths})
+    width = 0.8 / len(benches)
+    for ax, (name, members) in zip(axes.flat, groups):
+        for j, b in enumerate(benches):
+            xs = [i + (j - (len(benches) - 1) / 2) * width for i in range(len(members))]
+            ys = [100 * r.benchmarks[b]["accuracy"] if b in r.benchmarks else float("nan") for r in members]
+            es = [100 * r.benchmarks[b].get("accuracy_se", 0) if b in r.benchmarks else 0 for r in members]
+            ax.bar(xs, ys, width, yerr=es, capsize=2, label=b, color=colors[j % len(colors)])
+        ax.set_xticks(range(len(members)))
+        ax.set_xticklabels([r.label for r in members], rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"from {name}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes.flat[0].set_ylabel("accuracy (%, ± standard error)")
+    _finish_figure(fig, out / "accuracy.png", "Accuracy per method, grouped by starting model", axes.flat[0])
+    return ("Accuracy per method and benchmark (± standard error over problems), grouped by starting model",
+            "plots/accuracy.png")
+
+
+def write_report(run_dir: Path, formats: tuple[str, ...] = ("md", "csv", "tex", "png", "html")) -> Path:
+    """Write `report.md` (and csv/tex tables, png plots, the self-contained report.html) into `run_dir`;
+    returns the report's path."""
     run_dir = Path(run_dir)
     rows = collect_rows(run_dir)
     gains = collect_gains(run_dir, rows)
-    tables = {"accuracy": accuracy_table(rows), "cost": cost_table(rows)}
-    if gains:
-        tables["gains"] = gains_table(gains)
+    stages = collect_stages(rows)
     if "csv" in formats:
-        for name, t in tables.items():
-            atomic_write_text(run_dir / f"{name}.csv", csv_text(t))
+        records = {"accuracy": accuracy_records(rows), "cost": cost_records(stages),
+                   "pipeline_cost": pipeline_cost_records(rows)}
+        if gains:
+            records["gains"] = gains_records(gains)
+        for name, recs in records.items():
+            atomic_write_text(run_dir / f"{name}.csv", csv_records(recs))
     if "tex" in formats:
+        tables = {"accuracy": accuracy_table(rows), "cost": cost_table(stages),
+                  "pipeline_cost": pipeline_cost_table(rows, stages)}
+        if gains:
+            tables["gains"] = gains_table(gains)
         for name, t in tables.items():
             atomic_write_text(run_dir / f"{name}.tex", latex(t))
     plots = plot_files(run_dir, rows) if "png" in formats else []
+    title = f"srlm report: {run_dir.name}"
     path = run_dir / "report.md"
-    atomic_write_text(path, report_markdown(f"srlm report: {run_dir.name}", rows, plots, gains))
+    atomic_write_text(path, report_markdown(title, rows, plots, gains, stages))
+    if "html" in formats:
+        from srlm.report import report_sections
+        from srlm.report_html import png_data_uri, render
+
+        images = [(caption, png_data_uri((run_dir / rel).read_bytes())) for caption, rel in plots]
+        atomic_write_text(run_dir / "report.html", render(title, report_sections(rows, gains, stages), images))
     return path

@@ -1,6 +1,13 @@
 """Report tables: paper shape, best per column in bold, the paper's markers, CSV and LaTeX."""
 
-from srlm.report import Gain, Row, accuracy_table, cost_table, csv_text, gains_table, latex, markdown, report_markdown
+import io
+
+import pytest
+
+from srlm.report import (
+    Gain, Row, StageCost, accuracy_records, accuracy_table, cost_table, csv_records, format_table, gains_table, latex,
+    marks_legend, markdown, pipeline_cost_table, report_markdown, start_groups,
+)
 
 
 def _bench(acc, se=0.01, no_answer=False):
@@ -30,8 +37,6 @@ def test_renderings():
     t = accuracy_table(ROWS)
     md = markdown(t)
     assert md.splitlines()[0] == "| method | gsm8k | math500 |" and md.splitlines()[1] == "|---|---|---|"
-    csv = csv_text(t)
-    assert "34.2 ± 1.0" in csv and "**" not in csv
     tex = latex(t)
     assert r"\textbf{34.2 $\pm$ 1.0}" in tex and r"$\ddagger$" in tex and r"$\dagger$" in tex
     assert tex.startswith(r"\begin{tabular}{lcc}")
@@ -41,7 +46,88 @@ def test_report_markdown_lists_problems_and_plots():
     text = report_markdown("r", ROWS, plots=[("Accuracy", "plots/accuracy.png")])
     assert "format rate fell to 0.01" in text and "out of memory" in text
     assert "![Accuracy](plots/accuracy.png)" in text
-    assert cost_table(ROWS)[0][0] == "method"
+
+
+def test_bold_rule_is_stated_and_marks_legend_only_for_marks_that_appear():
+    text = report_markdown("r", ROWS)
+    assert "Bold: the highest accuracy in each column" in text
+    assert "† no answer" in text and "‡ the RL stage collapsed" in text
+    plain = [ROWS[1], ROWS[2]]
+    assert marks_legend(accuracy_table(plain)) == ""
+    text = report_markdown("r", plain)
+    assert "†" not in text and "‡" not in text
+    assert marks_legend(accuracy_table([ROWS[0], ROWS[1]])).startswith("† no answer")  # ‡ absent: no legend
+
+
+def test_format_table_says_n_a_where_the_prompt_asks_for_no_format():
+    asks = {**_bench(0.5), "format_rate": 0.9, "extraction_rate": 0.95, "truncation_rate": 0.1,
+            "tokens_generated": 3000, "wall_seconds": 2.0}
+    free = {**asks, "format_rate": None}
+    old = {"accuracy": 0.5, "accuracy_se": 0.1, "extraction_rate": 1.0}  # a summary from before the field
+    t = format_table([Row("a", "done", {"b": asks}), Row("c", "done", {"b": free}), Row("d", "done", {"b": old})])
+    assert t[0] == ["method", "b format / extracted", "eval tokens/s"]
+    assert t[1][1:] == ["90 / 95", "1,500"]
+    assert t[2][1:] == ["n/a / 95", "1,500"]
+    assert t[3][1:] == ["n/a / 100", "–"]
+
+
+def test_csv_has_numeric_columns_that_pandas_reads_as_numbers():
+    pd = pytest.importorskip("pandas", reason="pandas not installed (pip install -e .[dev])")
+    rows = ROWS + [Row("free", "done", {"gsm8k": {**_bench(0.25), "format_rate": None, "truncation_rate": 0.5,
+                                                  "tokens_generated": 100, "wall_seconds": 4.0}})]
+    df = pd.read_csv(io.StringIO(csv_records(accuracy_records(rows))))
+    for col in ("mean", "se", "format_rate", "extraction_rate", "truncation_rate", "tokens_per_s"):
+        assert pd.api.types.is_float_dtype(df[col]), col
+    got = df[(df.method == "base + SFT") & (df.benchmark == "gsm8k")].iloc[0]
+    assert got["mean"] == pytest.approx(21.6) and got["se"] == pytest.approx(1.0) and got["status"] == "done"
+    free = df[df.method == "free"].iloc[0]
+    assert pd.isna(free["format_rate"]) and free["truncation_rate"] == 50 and free["tokens_per_s"] == 25
+    assert df[df.method == "broken"]["mean"].isna().all()  # a failed row: missing, not a string
+
+
+def _stage(d, seconds, tokens=100):
+    return {"kind": d.split("/")[-1], "status": "done", "reason": None, "dir": d,
+            "cost": {"wall_seconds": seconds, "device_hours": seconds / 3600, "tokens": tokens, "device": "cpu",
+                     "peak_memory_gb": 1.0}}
+
+
+def test_cost_per_stage_counts_a_shared_stage_once_and_pipelines_total_their_own():
+    from srlm.reporting import collect_stages
+
+    rows = [Row("base", "done", stages=[_stage("s/pretrain", 100)]),
+            Row("base + SFT", "done", stages=[_stage("s/pretrain", 100), _stage("s/sft", 10)]),
+            Row("base + SFT + RL", "done", stages=[_stage("s/pretrain", 100), _stage("s/sft", 10),
+                                                   _stage("s/grpo", 50, tokens=1000)])]
+    stages = collect_stages(rows)
+    t = cost_table(stages)
+    assert [r[0] for r in t[1:]] == ["base (pretrain)", "base + SFT (sft)", "base + SFT + RL (grpo)"]
+    assert [r[3] for r in t[1:]] == ["100", "10", "50"] and [r[-1] for r in t[1:]] == ["3", "2", "1"]
+    assert t[3][7] == "20"  # tokens/s
+    p = pipeline_cost_table(rows, stages)
+    assert [r[3] for r in p[1:]] == ["100", "110", "160", "160"]  # the whole run counts each stage once
+    assert p[-1][0] == "whole run" and p[-1][2] == "3"
+    text = report_markdown("r", rows, stages=stages)
+    assert "counts each shared stage once" in text and "## Compute cost per stage" in text
+
+
+def test_rows_group_by_starting_model():
+    def row(label, dirs, start="tiny"):
+        return Row(label, "done", stages=[_stage(d, 1) for d in dirs], start=start)
+
+    rows = [row("tiny base", ["p"]), row("tiny instruct", ["p", "i"]), row("base + SFT", ["p", "s"]),
+            row("base + SFT + RL", ["p", "s", "g"]), row("instruct + SFT", ["p", "i", "s2"]),
+            row("instruct + RL", ["p", "i", "g2"]), row("Qwen", [], start="Q"), row("Qwen + SFT", ["q"], start="Q"),
+            row("other", ["o"], start="Other")]
+    groups = {name: [r.label for r in members] for name, members in start_groups(rows)}
+    assert groups == {"tiny base": ["tiny base", "base + SFT", "base + SFT + RL"],
+                      "tiny instruct": ["tiny instruct", "instruct + SFT", "instruct + RL"],
+                      "Qwen": ["Qwen", "Qwen + SFT"], "Other": ["other"]}
+
+
+def test_moving_average_skips_missing_values():
+    from srlm.reporting import moving_average
+
+    assert moving_average([1, 3, float("nan"), 5], 2) == [1, 2, 3, 5]
 
 
 def test_gains_table_bolds_changes_beyond_two_standard_errors():

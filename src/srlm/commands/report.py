@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-FORMATS = ("md", "csv", "tex", "png")
+FORMATS = ("md", "csv", "tex", "png", "html")
 
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="write report.md, tables and plots for a run folder",
                        description="Collect every pipeline of RUN_DIR and write report.md (accuracy with "
-                                   "standard errors, format rates, compute cost), CSV/LaTeX tables and PNG plots.")
+                                   "standard errors, format rates, compute cost), CSV/LaTeX tables, PNG plots "
+                                   "and report.html (one self-contained page: plots embedded, sortable tables).")
     p.add_argument("run_dir", help="a folder written by `srlm run` or `srlm demo`")
     p.add_argument("--format", default=",".join(FORMATS),
-                   help=f"comma-separated subset of {','.join(FORMATS)} (md is always written)")
+                   help=f"comma-separated subset of {','.join(FORMATS)} (md is always written; html embeds the "
+                        "png plots written by the same call) (default: all)")
     p.set_defaults(func=run)
 
 
