@@ -24,11 +24,34 @@ VERB_MODULES = [
     "srlm.commands.tiny_model",
     "srlm.commands.real_model",
     "srlm.commands.report",
+    "srlm.commands.compare",
 ]
 
 
+class _ShowDefaults:
+    """Help formatter mix-in: an option's default is shown after its help, unless the help already names
+    it (or there is none to show: a flag, an unset option)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default in (None, False, argparse.SUPPRESS) or default == []
+                or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class SrlmParser(argparse.ArgumentParser):
+    """The parser of `srlm` and of every verb (sub-parsers inherit the class): defaults shown in --help."""
+
+    def __init__(self, *args, formatter_class=argparse.HelpFormatter, **kwargs):
+        if not issubclass(formatter_class, _ShowDefaults):
+            formatter_class = type(f"ShowDefaults{formatter_class.__name__}", (_ShowDefaults, formatter_class), {})
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SrlmParser(
         prog="srlm",
         description="Train and evaluate small reasoning language models on math.",
     )
@@ -51,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "no_progress", False):
+        from srlm.progress import silence_library_bars
+
+        silence_library_bars()
     try:
         return int(args.func(args) or 0)
     except UserError as e:

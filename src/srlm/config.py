@@ -58,7 +58,9 @@ class DatasetRef(Strict):
 
     name: str = Field("synthetic", description="Registered dataset name.")
     split: str | None = Field(None, description="Split; `None` takes the dataset's default.")
-    path: str | None = Field(None, description="Local file or folder in the shared/data layout instead of the hub.")
+    path: str | None = Field(None, description="Local data: a data folder laid out as DIR/NAME/SPLIT.jsonl (.json and "
+                             ".parquet also work), a folder of SPLIT.jsonl files, or one file (default: `data_path`, "
+                             "else the hub).")
     limit: int | None = Field(None, ge=1, description="Keep only the first N records.")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Loader options, e.g. synthetic `n`, `seed`, `min_ops`, `max_ops`."
@@ -314,6 +316,9 @@ class RunConfig(Strict):
 
     run_dir: str = Field("runs/demo", description="Where every stage, evaluation and report is written.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` takes CUDA when available.")
+    data_path: str | None = Field(
+        None, description="Where datasets without their own `path` load from (DIR/NAME/SPLIT.jsonl); sets "
+                          "SRLM_DATA_PATH for the run. Not part of stage keys: moving the data keeps finished stages.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)

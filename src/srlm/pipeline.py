@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import resource
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from srlm import progress as run_progress
 from srlm.config import RunConfig, pipeline_stages, pipeline_start
 from srlm.errors import UserError
 from srlm.models import resolve_device
@@ -97,7 +99,9 @@ def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device
     stage_dir = run_dir / "stages" / f"{kind}-{key}"
     manifest = read_manifest(stage_dir)
     if manifest and manifest["status"] in ("done", "collapsed"):
+        run_progress.skip(stage_dir.name)
         return manifest
+    run_progress.announce(stage_dir.name, kind)
     stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stage_dir / "config.yaml", yaml.safe_dump({kind: scfg.model_dump()}, sort_keys=False))
     dev_name, dev_count = device_description(device)
@@ -141,6 +145,7 @@ def run_pipeline(cfg: RunConfig, name: str, run_dir: Path, device, progress: boo
                 return _finish(run_dir, name, PipelineResult(
                     name, "failed", stages, None, None, f"teacher pipeline {teacher!r} ended {t.status}"))
             scfg = scfg.model_copy(update={"teacher": t.final_checkpoint})
+        run_progress.in_pipeline(name)
         m = run_stage(kind, scfg, path, key, run_dir, device, progress)
         stages.append({"kind": kind, "status": m["status"], "reason": m.get("reason"), "dir": m["dir"],
                        "cost": m.get("cost", {})})
@@ -149,6 +154,8 @@ def run_pipeline(cfg: RunConfig, name: str, run_dir: Path, device, progress: boo
         path, key = m["output"]["checkpoint"], m["output"]["key"]
     summary = None
     if cfg.pipelines[name].evaluate:
+        run_progress.in_pipeline(name)
+        run_progress.announce(f"eval:{name}", "evaluation")
         summary = evaluate_checkpoint(cfg, path, key, run_dir / name / "eval", device, progress)
     return _finish(run_dir, name, PipelineResult(name, "done", stages, str(path), summary))
 
@@ -198,12 +205,40 @@ def eval_engine_options(cfg: RunConfig, path, device):
                          kv_cache_gb=e.kv_cache_gb, tensor_parallel_size=e.tensor_parallel_size)
 
 
+def use_data_path(cfg: RunConfig) -> None:
+    """The config's `data_path`, where set, becomes $SRLM_DATA_PATH for the run: the folder every dataset
+    without a path of its own loads from. An environment variable, not a config rewrite, so stage keys do
+    not change and subprocesses (torchrun workers) inherit it."""
+    if cfg.data_path:
+        os.environ["SRLM_DATA_PATH"] = str(Path(cfg.data_path).expanduser())
+
+
+def count_units(cfg: RunConfig, names: list[str]) -> int:
+    """How many stages and evaluations running `names` takes: a stage shared by several pipelines (same
+    start, same stage configs before it) counts once, and a KD teacher pipeline counts with its pupil."""
+    prefixes, evals, todo, seen = set(), 0, list(names), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        chain: tuple = (pipeline_start(cfg, name),)
+        for kind, scfg in pipeline_stages(cfg, name):
+            chain += ((kind, scfg.model_dump_json()),)
+            prefixes.add(chain)
+            if getattr(scfg, "teacher", None) in cfg.pipelines:
+                todo.append(scfg.teacher)
+        evals += bool(cfg.pipelines[name].evaluate)
+    return len(prefixes) + evals
+
+
 def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None) -> list[PipelineResult]:
     """Every pipeline of the run (or those in `only`), then the report. A failure stops only its pipeline."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     device = resolve_device(cfg.device)
+    use_data_path(cfg)
     torch.manual_seed(0)
     names = only or list(cfg.pipelines)
     if not names:
@@ -212,9 +247,13 @@ def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None
         if n not in cfg.pipelines:
             raise UserError(f"no pipeline {n!r}; pipelines: {', '.join(cfg.pipelines)}")
     results = []
-    for n in names:
-        print(f"== pipeline {n}", flush=True)
-        results.append(run_pipeline(cfg, n, run_dir, device, progress))  # done stages are reused, not rerun
+    token = run_progress.TRACKER.set(run_progress.RunProgress(count_units(cfg, names)))
+    try:
+        for n in names:
+            results.append(run_pipeline(cfg, n, run_dir, device, progress))  # done stages are reused, not rerun
+        run_progress.TRACKER.get().finish()
+    finally:
+        run_progress.TRACKER.reset(token)
     from srlm.reporting import write_report
 
     write_report(run_dir)

@@ -261,6 +261,25 @@ def test_local_layout_folder_dataset_folder_and_file(tmp_path: Path) -> None:
     assert load_records("gsm8k", split="train", path=tmp_path / "data", limit=2) == by_data_dir[:2]
 
 
+def test_srlm_data_path_is_the_default_folder_and_config_data_path_sets_it(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    write_jsonl(tmp_path / "data" / "gsm8k" / "train.jsonl", fixture_load_dataset("openai/gsm8k", "main", "train"))
+    monkeypatch.setenv("SRLM_DATA_PATH", str(tmp_path / "data"))
+    assert [r["answer"] for r in load_records("gsm8k", split="train")] == ["12", "2080", "-5", "12"]
+    with pytest.raises(UserError, match="no test file found"):  # a folder without the split: one clear line
+        load_records("gsm8k", split="test")
+
+    from srlm.config import load_config
+    from srlm.pipeline import content_key, use_data_path
+
+    monkeypatch.setenv("SRLM_DATA_PATH", "/elsewhere")
+    cfg = load_config(None, [f"data_path={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}"])
+    use_data_path(cfg)  # what `srlm run` does first: the config's folder wins for the run
+    assert load_records("gsm8k", split="train")[0]["answer"] == "12"
+    # not part of a stage's config, so pointing at moved data keeps finished stages' keys
+    assert content_key(cfg.sft.model_dump()) == content_key(load_config(None, []).sft.model_dump())
+
+
 def test_local_minerva_original_shape_takes_last_boxed(tmp_path: Path) -> None:
     file = write_jsonl(tmp_path / "minerva_math" / "test.jsonl", [
         {"problem": "Find s.", "solution": "$s=\\boxed{1.6} \\mathrm{~cm}$", "type": "Astronomy", "idx": 0},

@@ -39,8 +39,8 @@ def _option(text: str) -> tuple[str, Any]:
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="dataset name (see `srlm data list`)")
     p.add_argument("--split", help="split to load (default: the dataset's default, test for benchmarks)")
-    p.add_argument("--path", help="local data folder laid out as DIR/NAME/SPLIT.jsonl, or a jsonl/json/parquet "
-                                  "file; without it the Hugging Face hub copy is used")
+    p.add_argument("--path", help=f"local data: {sources.DATA_LAYOUT} (default: $SRLM_DATA_PATH, else the "
+                                  "Hugging Face hub copy)")
     p.add_argument("--opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="loader option for generated datasets, e.g. --opt n=500 --opt seed=1 (repeatable)")
 
@@ -61,17 +61,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.set_defaults(func=show_help)
     verbs = data.add_subparsers(dest="data_verb", metavar="SUBCOMMAND")
 
-    p = verbs.add_parser("list", help="list the named datasets, their splits and where they load from")
+    p = verbs.add_parser("list", description="List every named dataset: its splits, and whether it loads from "
+                                             "the hub, local files or a generator.",
+                         help="list the named datasets, their splits and where they load from")
     p.set_defaults(func=cmd_list)
 
-    p = verbs.add_parser("show", help="print a dataset's canonical records (a preview, or all with --json)")
+    p = verbs.add_parser("show", description="Load a dataset as canonical records (question, gold answer, "
+                                             "solution) and print a preview of the first ones, or every record "
+                                             "as JSON lines with --json.",
+                         help="print a dataset's canonical records (a preview, or all with --json)")
     _add_source_args(p)
     p.add_argument("--limit", type=int, help="load only the first N records")
     p.add_argument("--json", action="store_true",
                    help="print one canonical record per line (JSON) instead of a preview")
     p.set_defaults(func=cmd_show)
 
-    p = verbs.add_parser("prepare", help="de-duplicate and build SFT or RL examples, optionally writing jsonl")
+    p = verbs.add_parser("prepare", description="De-duplicate a dataset and build training examples: for SFT a "
+                                                "prompt and a completion in the <think>/<answer> format, for RL a "
+                                                "prompt and its gold answer. Prints counts; --out writes them.",
+                         help="de-duplicate and build SFT or RL examples, optionally writing jsonl")
     _add_source_args(p)
     p.add_argument("--for", dest="purpose", required=True, choices=sorted(prep.EXAMPLE_BUILDERS),
                    help="sft: prompt + completion in the <think>/<answer> format; rl: prompt + gold answer")

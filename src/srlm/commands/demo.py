@@ -32,7 +32,8 @@ def register(sub) -> None:
                                    "Same as `srlm run configs/demo.yaml`.")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. run_dir=/tmp/demo")
     p.add_argument("--quick", action="store_true", help="a smaller model, fewer steps and a smaller test set (a first look, ~1.5 minutes)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (neither srlm's nor transformers'); the one-line stage progress stays")
     p.set_defaults(func=run)
 
 

@@ -16,6 +16,12 @@ import argparse
 import json
 
 
+def prompt_names() -> list[str]:
+    from srlm.data.prompts import PROMPTS
+
+    return list(PROMPTS)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `distill` verb and its `generate` sub-verb."""
     distill = subparsers.add_parser("distill", help="generate teacher traces for distillation",
@@ -33,15 +39,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", required=True, metavar="MODEL", help="teacher model folder or hub id")
     p.add_argument("--dataset", required=True, metavar="NAME", help="dataset name (see `srlm data list`)")
     p.add_argument("--split", help="split (default: the dataset's default)")
-    p.add_argument("--data-path", metavar="P", help="local data folder or file instead of the hub")
+    p.add_argument("--data-path", metavar="P", help="local data: a data folder laid out as DIR/NAME/SPLIT.jsonl "
+                                                     "(.json and .parquet also work), a folder of SPLIT.jsonl files, "
+                                                     "or one file (default: $SRLM_DATA_PATH, else the hub)")
     p.add_argument("--samples", type=int, default=4, metavar="K", help="responses per problem (default 4)")
     p.add_argument("--out", metavar="FILE", help="output jsonl (default: traces-NAME-SPLIT.jsonl)")
     p.add_argument("--max-new-tokens", type=int, default=1024, metavar="N", help="longest response (default 1024)")
     p.add_argument("--temperature", type=float, default=0.7, metavar="T", help="sampling temperature (default 0.7)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N problems")
-    p.add_argument("--prompt", default="tags", help="prompt template (default: tags)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--prompt", default="tags", choices=sorted(prompt_names()), help="prompt template (default: tags)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the teacher runs")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)

@@ -28,7 +28,9 @@ def register(sub) -> None:
                                                   "model's name)")
     p.add_argument("--benchmarks", default=PAPER_BENCHMARKS,
                    help=f"comma-separated dataset names (default {PAPER_BENCHMARKS}; see `srlm data list`)")
-    p.add_argument("--data-path", help="local data folder laid out as DIR/NAME/test.jsonl (default: the hub)")
+    p.add_argument("--data-path", help="local data: a data folder laid out as DIR/NAME/SPLIT.jsonl (.json and "
+                                       ".parquet also work), a folder of SPLIT.jsonl files, or one file "
+                                       "(default: $SRLM_DATA_PATH, else the hub)")
     p.add_argument("--split", help="split of every benchmark (default: each dataset's default, test)")
     p.add_argument("--limit", type=int, help="only the first K problems of each benchmark")
     p.add_argument("--n", type=int, default=d.n, help=f"samples per problem; pass@k for k <= n (default {d.n})")
@@ -69,7 +71,7 @@ def register(sub) -> None:
                    help="openai engine: bearer token (env OPENAI_API_KEY)")
     p.add_argument("--concurrency", type=int, default=e.concurrency,
                    help=f"openai engine: requests in flight (default {e.concurrency})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (neither srlm's nor transformers')")
     p.set_defaults(func=run)
 
 

@@ -10,7 +10,8 @@ def register(sub) -> None:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides (values parsed as YAML)")
     p.add_argument("--only", help="comma-separated pipeline names to run (default: all)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (neither srlm's nor transformers'); the one-line stage progress stays")
     p.set_defaults(func=run)
 
 

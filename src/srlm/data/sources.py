@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -527,6 +528,18 @@ FILE_READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
 }
 
 
+# The one wording of where local data may live, for every --path / --data-path / data_path help text.
+DATA_LAYOUT = ("a data folder laid out as DIR/NAME/SPLIT.jsonl (.json and .parquet also work), a folder of "
+               "SPLIT.jsonl files, or one file")
+DATA_PATH_ENV = "SRLM_DATA_PATH"
+
+
+def default_data_path() -> str | None:
+    """Where datasets without a path of their own load from: $SRLM_DATA_PATH (the config's `data_path`
+    sets it for a run), else None, the hub."""
+    return os.environ.get(DATA_PATH_ENV) or None
+
+
 def _layout_hint(name: str, split: str) -> str:
     return f"DIR/{name}/{split}.jsonl (or .json/.parquet), DIR/{split}.jsonl, or the file itself"
 
@@ -622,7 +635,7 @@ def load_records(name: str, split: str | None = None, path: str | Path | None = 
     """Load dataset `name` as canonical records.
 
     `split` defaults to the dataset's default split (test for benchmarks). `path` is a local data folder
-    (`<path>/<name>/<split>.jsonl`), a dataset folder or a file; without it the hub copy is used.
+    (`<path>/<name>/<split>.jsonl`), a dataset folder or a file; without it $SRLM_DATA_PATH, else the hub.
     `limit` keeps the first N records. `options` go to generated datasets (e.g. synthetic's n, seed).
     """
     spec = get_spec(name)
@@ -639,7 +652,7 @@ def load_records(name: str, split: str | None = None, path: str | Path | None = 
     if spec.generate is not None:  # generated data has no files; a data folder given for others is ignored
         return _check_generated(name, spec.generate(split, options))[:limit]
 
-    local = path if path is not None else spec.local_path
+    local = path if path is not None else (spec.local_path or default_data_path())
     if local is not None:
         file = resolve_local(spec, split, local)
         rows, origin = _read_file(file), str(file)
