@@ -327,6 +327,9 @@ class RunConfig(Strict):
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict, description="Named pipelines.")
+    evaluate_starts: bool = Field(
+        True, description="Evaluate each starting model as it is, for its own report row (not the random tiny "
+                          "model, nor one a pipeline without stages already evaluates).")
 
 
 # --------------------------------------------------------------------------------------------- stages

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import resource
 import time
 import traceback
@@ -213,6 +214,35 @@ def use_data_path(cfg: RunConfig) -> None:
         os.environ["SRLM_DATA_PATH"] = str(Path(cfg.data_path).expanduser())
 
 
+def start_rows(cfg: RunConfig, names: list[str]) -> dict[str, str]:
+    """Folder -> starting model, for each starting model of `names` that gets a report row of its own: every
+    one no stage-less pipeline evaluates already, except the random tiny model (`evaluate_starts`)."""
+    if not cfg.evaluate_starts:
+        return {}
+    covered = {pipeline_start(cfg, n) for n, p in cfg.pipelines.items() if p.evaluate and not pipeline_stages(cfg, n)}
+    out = {}
+    for start in dict.fromkeys(pipeline_start(cfg, n) for n in names):
+        folder = "start_" + re.sub(r"[^A-Za-z0-9._-]+", "_", Path(start).name if Path(start).exists() else start)
+        if start != "tiny" and start not in covered and folder not in cfg.pipelines:
+            out[folder] = start
+    return out
+
+
+def evaluate_start(cfg: RunConfig, folder: str, start: str, run_dir: Path, device, progress: bool) -> None:
+    """Evaluate a starting model as it is into RUN/<folder>/ (a pipeline.json without stages, labelled with
+    the model), so the report has its row without an empty pipeline in the config."""
+    run_progress.in_pipeline(folder)
+    run_progress.announce(f"eval:{folder}", "evaluation of the starting model")
+    status, reason = "done", None
+    try:
+        evaluate_checkpoint(cfg, start, "model:" + start, run_dir / folder / "eval", device, progress)
+    except Exception as e:  # noqa: BLE001 - like a failed stage: its row says why, the run goes on
+        status, reason = "failed", f"{type(e).__name__}: {e}"
+    atomic_write_json(run_dir / folder / "pipeline.json", {
+        "name": folder, "status": status, "reason": reason, "stages": [], "final_checkpoint": start,
+        "label": start, "start": start, "start_row": True})
+
+
 def count_units(cfg: RunConfig, names: list[str]) -> int:
     """How many stages and evaluations running `names` takes: a stage shared by several pipelines (same
     start, same stage configs before it) counts once, and a KD teacher pipeline counts with its pupil."""
@@ -229,7 +259,7 @@ def count_units(cfg: RunConfig, names: list[str]) -> int:
             if getattr(scfg, "teacher", None) in cfg.pipelines:
                 todo.append(scfg.teacher)
         evals += bool(cfg.pipelines[name].evaluate)
-    return len(prefixes) + evals
+    return len(prefixes) + evals + len(start_rows(cfg, names))
 
 
 def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None) -> list[PipelineResult]:
@@ -249,6 +279,8 @@ def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None
     results = []
     token = run_progress.TRACKER.set(run_progress.RunProgress(count_units(cfg, names)))
     try:
+        for folder, start in start_rows(cfg, names).items():
+            evaluate_start(cfg, folder, start, run_dir, device, progress)
         for n in names:
             results.append(run_pipeline(cfg, n, run_dir, device, progress))  # done stages are reused, not rerun
         run_progress.TRACKER.get().finish()

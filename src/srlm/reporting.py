@@ -29,13 +29,15 @@ def collect_rows(run_dir: Path) -> list[Row]:
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     pipelines = cfg.get("pipelines", {}) or {}
     names = [n for n in pipelines if (run_dir / n / "pipeline.json").exists()]
-    names += sorted(p.parent.name for p in run_dir.glob("*/pipeline.json") if p.parent.name not in names)
+    others = sorted(p.parent.name for p in run_dir.glob("*/pipeline.json") if p.parent.name not in names)
+    starts = [n for n in others if json.loads((run_dir / n / "pipeline.json").read_text()).get("start_row")]
+    names = starts + names + [n for n in others if n not in starts]  # starting models first
     rows = []
     for name in names:
         info = json.loads((run_dir / name / "pipeline.json").read_text())
         summary_path = run_dir / name / "eval" / "summary.json"
         benches = json.loads(summary_path.read_text())["benchmarks"] if summary_path.exists() else {}
-        label = (pipelines.get(name) or {}).get("label") or name
+        label = (pipelines.get(name) or {}).get("label") or info.get("label") or name
         start = _start_of(pipelines, name, (cfg.get("model") or {}).get("name_or_path", ""))
         rows.append(Row(label, info["status"], benches, stages=info["stages"], reason=info.get("reason"),
                         folder=name, start=info.get("start") or start))
