@@ -16,6 +16,9 @@ import re
 import threading
 
 DEFAULT_TIMEOUT = 1.0
+# The grader audit's limit per sample: math-verify's own parse and verify limits (seconds, whole) fit in it.
+AUDIT_TIMEOUT = 6.0
+_MATH_VERIFY_LIMIT = 2
 # Starting Python and importing sympy takes seconds on a busy machine; it is not the answer's fault,
 # so it has its own, longer limit.
 STARTUP_TIMEOUT = 180.0
@@ -52,7 +55,7 @@ class _Worker:
         self._stop()
         return False
 
-    def request(self, gold: str, pred: str, timeout: float) -> bool | None:
+    def request(self, message: tuple, timeout: float) -> bool | None:
         if not self._lock.acquire(timeout=STARTUP_TIMEOUT + timeout):
             return None
         try:
@@ -62,7 +65,7 @@ class _Worker:
             if not self._ready and not self._wait_ready():
                 return None
             try:
-                self._conn.send((gold, pred))
+                self._conn.send(message)
                 if self._conn.poll(timeout):
                     return self._conn.recv()
             except (EOFError, OSError):
@@ -107,7 +110,15 @@ def symbolic_equal(gold: str, pred: str, timeout: float = DEFAULT_TIMEOUT) -> bo
     """Whether sympy proves the two LaTeX answers equal; ``None`` if it cannot tell in time."""
     if len(gold) > MAX_CHARS or len(pred) > MAX_CHARS or _HOSTILE.search(gold) or _HOSTILE.search(pred):
         return None
-    result = _WORKER.request(gold, pred, timeout)
+    result = _WORKER.request(("sympy", gold, pred), timeout)
+    return result if isinstance(result, bool) else None
+
+
+def math_verify_equal(gold: str, response: str, timeout: float = AUDIT_TIMEOUT) -> bool | None:
+    """math-verify's verdict on a whole ``response`` against ``gold`` (wrapped in ``\\boxed{}``, as its
+    README grades), computed in the same killable worker with its own time limit; ``None`` when it
+    fails or runs out of time. The grader audit of evaluation, a second opinion beside srlm's."""
+    result = _WORKER.request(("math_verify", gold, response), timeout)
     return result if isinstance(result, bool) else None
 
 
@@ -131,6 +142,7 @@ def _serve(conn) -> None:
     # a cold machine. Doing both before "ready" keeps that start-up cost out of every request's limit.
     try:
         _same(latex2sympy("\\sum_{k=1}^{2} \\frac{k}{2}"), latex2sympy("\\sqrt{x^2}+1"))
+        _math_verify("\\frac{1}{2}", "so $\\boxed{0.5}$")
     except Exception:
         pass
     conn.send("ready")
@@ -141,15 +153,26 @@ def _serve(conn) -> None:
             return
         if message is None:
             return
-        gold, pred = message
+        kind, gold, pred = message
         try:
-            result = _same(latex2sympy(gold), latex2sympy(pred))
+            if kind == "math_verify":
+                result = _math_verify(gold, pred)
+            else:
+                result = _same(latex2sympy(gold), latex2sympy(pred))
         except Exception:  # any failure to parse or compare means "cannot tell"
             result = None
         try:
             conn.send(result)
         except (OSError, BrokenPipeError):
             return
+
+
+def _math_verify(gold: str, response: str) -> bool:
+    from math_verify import parse, verify
+
+    gold_parsed = parse("\\boxed{" + gold + "}", parsing_timeout=_MATH_VERIFY_LIMIT)
+    return bool(verify(gold_parsed, parse(response, parsing_timeout=_MATH_VERIFY_LIMIT),
+                       timeout_seconds=_MATH_VERIFY_LIMIT))
 
 
 def _same(a, b) -> bool:
