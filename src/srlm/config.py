@@ -263,6 +263,10 @@ class EvalConfig(Strict):
     stop_repetition: bool = Field(
         False, description="End a response once it ends in a repetition loop (hf engine; counted as "
                            "`repetition_stopped_rate`). Off keeps the paper's protocol.")
+    grader_audit: bool = Field(
+        True, description="Also grade every sample with math-verify (gold in \\boxed{}, in the grading worker): "
+                          "summary.json gets both accuracies and their agreement, grader_disagreements.jsonl "
+                          "the samples they differ on. Off: srlm's grader only (as RL rewards always are).")
     batch_size: int = Field(64, ge=1, description="Prompts decoded together.")
     seed: int = Field(0, description="Sampling seed.")
     engine: Literal["hf", "vllm", "openai"] = Field(

@@ -6,7 +6,9 @@ missing, so an interrupted evaluation loses at most the sequences in flight. Eac
 own seed (from the run's seed and its index in the benchmark), so a resumed run reproduces the uninterrupted
 one. `OUT/eval_settings.json` records the model, engine and protocol: a re-run with different ones is
 refused instead of mixing samples (`overwrite=True` starts afresh). `OUT/summary.json` holds accuracy (mean
-pass@1) with its standard error, pass@k, format and extraction rates, how responses ended (truncation and
+pass@1) with its standard error, pass@k, format rate (null unless the prompt asks for the <think>/<answer>
+tags), extraction rate, accuracy by extraction method, the grader audit (srlm's and math-verify's accuracies
+and their agreement; the samples they differ on in `grader_disagreements.jsonl`), how responses ended (truncation and
 repetition-loop rates), response tokens (mean, p95), time and the full settings.
 
 Under `torchrun` / `accelerate launch` (WORLD_SIZE > 1) rank r takes problems i % world == r and appends
@@ -24,12 +26,14 @@ from datetime import timedelta
 from pathlib import Path
 
 from srlm import __version__
-from srlm.data.prompts import (EVAL_TEMPLATES, benchmark_template, cut_at_stop, fewshot_draw, render_eval_prompt,
+from srlm.data.prompts import (EVAL_TEMPLATES, FORMAT_PROMPTS, benchmark_template, cut_at_stop, fewshot_draw, render_eval_prompt,
                                stop_token_ids)
 from srlm.data.sources import load_records
 from srlm.engines.base import Completion, SamplingParams, prompt_seeds
 from srlm.errors import UserError
 from srlm.grading import grade
+from srlm.grading.audit import accuracy_by_method, disagreements, grader_audit
+from srlm.grading.symbolic import math_verify_equal
 from srlm.repetition import ends_in_loop
 from srlm.stats import accuracy_summary
 from srlm.train.loop import atomic_write_json
@@ -39,6 +43,7 @@ from srlm.train.loop import atomic_write_json
 MIN_EXTRACTION_RATE = 0.1
 SETTINGS_FILE = "eval_settings.json"
 SAMPLES_FILE = "samples.jsonl"
+DISAGREEMENTS_FILE = "grader_disagreements.jsonl"
 # EvalConfig fields that decide what is sampled; `batch_size` only decides how fast, so it may change
 # between an interrupted run and its resumption.
 PROTOCOL_FIELDS = ("prompt", "n", "temperature", "top_p", "max_new_tokens", "seed")
@@ -79,6 +84,16 @@ def _append_lines(path: Path, records: list[dict]) -> None:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         f.flush()
         os.fsync(f.fileno())
+
+
+def _write_lines(path: Path, records: list[dict]) -> None:
+    """Replace `path` with `records`, one JSON line each, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _truncate_to_complete_lines(path: Path) -> None:
@@ -240,12 +255,14 @@ def response_budget(cfg, engine, prompt_lengths: list[int], name: str) -> int:
 
 
 def _record(r: dict, j: int, prompt: str, c: Completion, benchmark: str, stop: tuple[str, ...] = (),
-            fewshot: list[str] | None = None) -> dict:
+            fewshot: list[str] | None = None, audit: bool = False) -> dict:
     text = cut_at_stop(c.text, stop)  # the harness's stop strings end the response; they are not part of it
     g = grade(text, r["answer"], benchmark=benchmark)
     out = {"id": r["id"], "sample": j, "prompt": prompt, "response": text, "extracted": g.extracted,
            "method": g.method, "gold": r["answer"], "correct": g.correct, "format_ok": g.format_ok,
            "tokens": c.tokens_generated, "finish_reason": c.finish_reason}
+    if audit:  # the grader audit: a second grader's verdict beside srlm's (srlm.grading.audit)
+        out["math_verify"] = math_verify_equal(r["answer"], text)
     if fewshot:
         out["fewshot"] = fewshot
     return out
@@ -294,7 +311,7 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
         def write(k: int, group: list[Completion], part=part) -> None:  # problem part[k] is complete
             r = records[part[k]]
             fewshot = [ex["id"] for ex in shots[part[k]]]
-            _append_lines(out_path, [_record(r, j, prompts[part[k]], c, ref.name, stop, fewshot)
+            _append_lines(out_path, [_record(r, j, prompts[part[k]], c, ref.name, stop, fewshot, cfg.grader_audit)
                                      for j, c in enumerate(group) if (r["id"], j) not in done])
             bar.update(1)
 
@@ -305,7 +322,12 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
     if rank == 0:  # also folds in the shards of an earlier, interrupted multi-process run
         merge_shards(bench_dir, records)
     barrier()  # the merged file is in place
-    summary = summarize(ref.name, records, all_samples(bench_dir), cfg, wall)
+    samples = all_samples(bench_dir)
+    summary = summarize(ref.name, records, samples, cfg, wall)
+    if template not in FORMAT_PROMPTS:
+        summary["format_rate"] = None  # n/a: this prompt never asked for the <think>/<answer> format
+    if rank == 0 and summary["grader_audit"] is not None:
+        _write_lines(bench_dir / DISAGREEMENTS_FILE, disagreements(samples))
     summary["dataset"] = {"split": ref.split, "path": ref.path, "limit": ref.limit, "options": ref.options}
     summary["max_new_tokens"] = sampling.max_new_tokens  # after the context cap
     summary["prompt_template"] = template
@@ -335,6 +357,8 @@ def summarize(name: str, records: list[dict], samples: list[dict], cfg, wall_sec
         "extraction_failure_rate": 1.0 - extraction_rate,
         "no_answer": extraction_rate < MIN_EXTRACTION_RATE,  # the paper's dagger
         **response_accounting(flat),
+        "accuracy_by_method": accuracy_by_method(flat),
+        "grader_audit": grader_audit(flat),
         "wall_seconds": wall_seconds,
     }
 

@@ -123,6 +123,25 @@ def format_table(rows: list[Row]) -> list[list[str]]:
     return table
 
 
+def grader_agreement_table(rows: list[Row]) -> list[list[str]] | None:
+    """srlm's accuracy, math-verify's and their agreement (%) per method and benchmark, over the samples
+    both graders judged (`summary.json`'s `grader_audit`); ``None`` when no evaluation was audited."""
+    benches = benchmark_names(rows)
+    if not any((r.benchmarks.get(b) or {}).get("grader_audit") for r in rows for b in benches):
+        return None
+    table = [["method"] + [f"{b} srlm / math-verify / agree" for b in benches]]
+    for r in rows:
+        cells = []
+        for b in benches:
+            a = (r.benchmarks.get(b) or {}).get("grader_audit")
+            if not a or not a.get("n_judged"):
+                cells.append("–")
+                continue
+            cells.append(" / ".join(_pct(rate(a, k)) for k in ("srlm_accuracy", "math_verify_accuracy", "agreement")))
+        table.append([r.label] + cells)
+    return table
+
+
 def response_table(rows: list[Row]) -> list[list[str]]:
     """How each evaluation's responses ended and what they cost: truncated % (hit max_new_tokens), % ending
     in a repetition loop, mean and p95 response tokens."""
@@ -396,6 +415,13 @@ def report_sections(rows: list[Row], gains: list[Gain] = (), stages: list[StageC
                 "Truncated: hit the response token limit. Loop: the response ends in a repetition loop (the same "
                 "text at least 4 times over at least 200 characters, whatever ended it)."),
     ]
+    agreement = grader_agreement_table(rows)
+    if agreement is not None:
+        sections.append(Section(
+            "Grader agreement (%)", agreement,
+            "srlm's grader beside math-verify's (gold in \\boxed{}) on the same samples: srlm's accuracy, "
+            "math-verify's, and how often they agree; each evaluation's `grader_disagreements.jsonl` lists the "
+            "samples they judge differently."))
     if gains:
         sections.append(Section(
             "What each stage adds (accuracy points over its starting checkpoint)", gains_table(list(gains)),

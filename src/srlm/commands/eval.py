@@ -48,6 +48,8 @@ def register(sub) -> None:
     p.add_argument("--stop-repetition", action="store_true",
                    help="end a response once it ends in a repetition loop (hf engine; counted apart; off by "
                         "default, as in the paper's protocol)")
+    p.add_argument("--no-grader-audit", action="store_true",
+                   help="skip the grader audit (math-verify's verdict beside srlm's on every sample)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"sampling seed (default {d.seed})")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"sequences decoded together by the hf engine (default {d.batch_size})")
@@ -102,21 +104,29 @@ def build_config(args):
             benchmarks=[DatasetRef(name=n, split=args.split, path=args.data_path, limit=args.limit) for n in names],
             prompt=args.prompt, num_fewshot=args.num_fewshot, n=args.n, temperature=args.temperature,
             top_p=args.top_p, max_new_tokens=args.max_new_tokens, stop_repetition=args.stop_repetition,
-            batch_size=args.batch_size, seed=args.seed)
+            batch_size=args.batch_size, seed=args.seed, grader_audit=not args.no_grader_audit)
     except ValidationError as err:
         first = err.errors()[0]
         field = str(first["loc"][-1]) if first["loc"] else "arguments"
         raise UserError(f"--{field.replace('_', '-')}: {first['msg']}") from None
 
 
-def _pct(x: float) -> str:
+def _pct(x: float | None) -> str:
+    if x is None:
+        return "n/a"  # a format rate where the prompt never asked for the format
     return "nan" if x != x else f"{100 * x:.1f}"
+
+
+def _audit_cell(audit: dict | None) -> str:
+    if not audit or not audit.get("n_judged"):
+        return "-"
+    return f"{_pct(audit['math_verify_accuracy'])} / {_pct(audit['agreement'])}"
 
 
 def summary_table(summary: dict) -> str:
     """Benchmark, problems, accuracy ± se, pass@k, format and extraction-failure rates, as aligned text."""
     rows = [["benchmark", "problems", "accuracy (%)", "pass@k (%)", "format (%)", "no answer (%)",
-             "truncated (%)", "loop (%)", "tokens mean / p95"]]
+             "truncated (%)", "loop (%)", "tokens mean / p95", "math-verify / agree (%)"]]
     for name, s in summary["benchmarks"].items():
         acc = f"{_pct(s['accuracy'])} ± {_pct(s['accuracy_se'])}"
         if s.get("no_answer"):
@@ -125,7 +135,8 @@ def summary_table(summary: dict) -> str:
         rows.append([name, str(s["n_problems"]), acc, passk, _pct(s["format_rate"]),
                      _pct(s["extraction_failure_rate"]), _pct(s["truncation_rate"]),
                      _pct(s.get("repetition_rate", float("nan"))),
-                     f"{s['mean_response_tokens']:.0f} / {s.get('p95_response_tokens', '-')}"])
+                     f"{s['mean_response_tokens']:.0f} / {s.get('p95_response_tokens', '-')}",
+                     _audit_cell(s.get("grader_audit"))])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if any(s.get("no_answer") for s in summary["benchmarks"].values()):

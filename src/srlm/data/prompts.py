@@ -51,6 +51,11 @@ PROMPTS: dict[str, Callable[[str], list[dict]]] = {
 }
 
 
+# The templates whose instruction asks for the paper's `<think>…</think><answer>…</answer>` format: only
+# their evaluations report a format rate (any other prompt never asked for it).
+FORMAT_PROMPTS = frozenset({"tags", "tags_brief"})
+
+
 def get_prompt(name: str) -> Callable[[str], list[dict]]:
     from srlm.errors import UserError
 

@@ -19,6 +19,7 @@ DEFAULT_TIMEOUT = 1.0
 # The grader audit's limit per sample: math-verify's own parse and verify limits (seconds, whole) fit in it.
 AUDIT_TIMEOUT = 6.0
 _MATH_VERIFY_LIMIT = 2
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 # Starting Python and importing sympy takes seconds on a busy machine; it is not the answer's fault,
 # so it has its own, longer limit.
 STARTUP_TIMEOUT = 180.0
@@ -118,6 +119,10 @@ def math_verify_equal(gold: str, response: str, timeout: float = AUDIT_TIMEOUT) 
     """math-verify's verdict on a whole ``response`` against ``gold`` (wrapped in ``\\boxed{}``, as its
     README grades), computed in the same killable worker with its own time limit; ``None`` when it
     fails or runs out of time. The grader audit of evaluation, a second opinion beside srlm's."""
+    # math-verify's number pattern wants whitespace around a number, so `<answer>18</answer>` would read
+    # as no answer at all: the tags become line breaks, the text is otherwise what the model wrote.
+    for tag in _TAGS:
+        response = response.replace(tag, "\n")
     result = _WORKER.request(("math_verify", gold, response), timeout)
     return result if isinstance(result, bool) else None
 
