@@ -26,8 +26,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from srlm import __version__
-from srlm.data.prompts import (EVAL_TEMPLATES, FORMAT_PROMPTS, benchmark_template, cut_at_stop, fewshot_draw, render_eval_prompt,
-                               stop_token_ids)
+from srlm.data.prompts import (EVAL_TEMPLATES, FORMAT_PROMPTS, benchmark_template, cut_at_stop, eval_stop_strings,
+                               fewshot_draw, render_eval_prompt, stop_token_ids)
 from srlm.data.sources import load_records
 from srlm.engines.base import Completion, SamplingParams, prompt_seeds
 from srlm.errors import UserError
@@ -288,7 +288,7 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
     _truncate_to_complete_lines(out_path)
     done = {(s["id"], s["sample"]) for s in all_samples(bench_dir)}
     template = benchmark_template(cfg.prompt, ref.name, cfg.benchmark_prompts)
-    stop = EVAL_TEMPLATES[template].stop if template in EVAL_TEMPLATES else ()
+    stop = eval_stop_strings(tokenizer, template)
     shots = fewshot_examples(template, ref, records, cfg)
     prompts = [render_eval_prompt(tokenizer, template, r, s) for r, s in zip(records, shots)]
     ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
@@ -331,6 +331,7 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
     summary["dataset"] = {"split": ref.split, "path": ref.path, "limit": ref.limit, "options": ref.options}
     summary["max_new_tokens"] = sampling.max_new_tokens  # after the context cap
     summary["prompt_template"] = template
+    summary["stop_strings"] = list(stop)
     if any(shots):
         summary["fewshot"] = {"n": cfg.num_fewshot, "split": EVAL_TEMPLATES[template].fewshot_split,
                               "seed": cfg.seed, "per_sample": "samples.jsonl field `fewshot` (ids)"}

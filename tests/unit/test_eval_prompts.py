@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from srlm.config import EvalConfig
-from srlm.data.prompts import (EVAL_TEMPLATES, LIGHTEVAL_SUITES, benchmark_template, cut_at_stop, fewshot_draw,
-                               render_eval_prompt)
+from srlm.data.prompts import (EVAL_TEMPLATES, LIGHTEVAL_SUITES, benchmark_template, cut_at_stop, eval_stop_strings,
+                               fewshot_draw, render_eval_prompt)
 from srlm.errors import UserError
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -117,6 +117,10 @@ def test_gsm8k_few_shot_chat_turns():
 def test_gsm8k_stops_at_the_next_question():
     assert EVAL_TEMPLATES["lighteval_gsm8k"].stop == ("Question:",)  # v0.9.0 onwards (v0.8.0: "Question=")
     assert all(not EVAL_TEMPLATES[n].stop for n in EVAL_TEMPLATES if n != "lighteval_gsm8k")
+    # lighteval: "for chat models, generation stops with EOS token": no stop strings with a chat template
+    assert eval_stop_strings(Plain(), "lighteval_gsm8k") == ("Question:",)
+    assert eval_stop_strings(Chat(), "lighteval_gsm8k") == ()
+    assert eval_stop_strings(Plain(), "lighteval_math") == eval_stop_strings(Plain(), "tags") == ()
     assert cut_at_stop("So 5 apples.\n#### 5\n\nQuestion: Bob", ("Question:",)) == "So 5 apples.\n#### 5\n\n"
     assert cut_at_stop("no stop here", ("Question:",)) == "no stop here"
     assert cut_at_stop("a Question: b Question:", ("Question:",)) == "a "

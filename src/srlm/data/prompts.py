@@ -174,8 +174,9 @@ class EvalTemplate:
     """A benchmark's prompt as an evaluation harness writes it.
 
     `query` makes the user turn from the whole record; with `fewshot_split`, `eval.num_fewshot` examples
-    from that split come first as user (`query`) / assistant (`target`) turns. Generation also stops at
-    `stop` (cut from the response before grading, as the harness does)."""
+    from that split come first as user (`query`) / assistant (`target`) turns. Generation of a plain
+    (no chat template) prompt also stops at `stop`, cut from the response before grading, as the harness
+    does (`eval_stop_strings`)."""
 
     query: Callable[[dict], str]
     reproduces: str
@@ -262,6 +263,16 @@ def render_eval_prompt(tokenizer, template: str, record: dict, fewshot: list[dic
         messages.append({"role": "user", "content": query})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return "\n\n".join([q + a for q, a in shots] + [query])
+
+
+def eval_stop_strings(tokenizer, template: str) -> tuple[str, ...]:
+    """Stop strings of `template` for this tokenizer. Like lighteval (vLLM and transformers backends, 0.8
+    to 0.13: "for chat models, generation stops with EOS token"), a prompt rendered with a chat template
+    stops only at the end of the turn; the task's stop strings apply to plain prompts."""
+    t = EVAL_TEMPLATES.get(template)
+    if t is None or getattr(tokenizer, "chat_template", None):
+        return ()
+    return t.stop
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
