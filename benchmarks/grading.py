@@ -2,14 +2,16 @@
 on real responses and on hostile ones (``srlm_hostile``: the worst case).
 
     python benchmarks/grading.py [FILE.jsonl] [--response-field response] [--gold-field gold]
-                                 [--data DIR] [--limit N] [--math-verify]
+                                 [--data DIR] [--limit N] [--math-verify] [--audit-limit N]
 
 Without FILE, cases are built from the shared data folder (``../shared/data`` beside the repo):
 MATH500 solutions against their answers, GSM8K test solutions against their final numbers, Minerva
 solutions against their boxed answers, and the same responses against the *next* problem's gold, so
 the slower "not equal" path is timed too. If FILE rows have a boolean ``expected`` field, accuracy
 is reported as well. ``--math-verify`` times (and scores) math-verify on the same cases, for
-comparison only.
+comparison only. ``grader_audit`` is what evaluation's grader audit adds per evaluated sample: math-verify's
+verdict through the grading worker (``srlm.grading.symbolic.math_verify_equal``), timed on the first
+``--audit-limit`` cases (0 skips it), with its mean as ``added_ms_per_sample``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def measure(grade_fn, cases) -> dict:
         "median_ms": round(statistics.median(times_ms), 4),
         "p99_ms": round(times_ms[min(len(times_ms) - 1, int(0.99 * len(times_ms)))], 4),
         "max_ms": round(times_ms[-1], 2),
+        "mean_ms": round(sum(times_ms) / len(times_ms), 4),
     }
     if labelled:
         result["labelled"] = labelled
@@ -98,6 +101,12 @@ def _srlm_grade(response: str, gold: str) -> bool:
     return grade(response, gold).correct
 
 
+def _audit_verdict(response: str, gold: str) -> bool:
+    from srlm.grading.symbolic import math_verify_equal
+
+    return bool(math_verify_equal(gold, response))
+
+
 def _math_verify_grade(response: str, gold: str) -> bool:
     from math_verify import parse, verify
 
@@ -115,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="shared data folder for the default cases")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N cases")
     parser.add_argument("--math-verify", action="store_true", help="also time math-verify (comparison only)")
+    parser.add_argument("--audit-limit", type=int, default=1000,
+                        help="cases to time the grader audit on (math-verify in the grading worker; 0: skip)")
     args = parser.parse_args(argv)
 
     if args.file:
@@ -132,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     # The worst case: the test suite's hostile responses (megabyte inputs, power towers, deep nesting).
     hostile = [(r, gold, None) for r in hostile_responses() for gold in ("42", "\\frac{1}{2}")]
     report["srlm_hostile"] = measure(_srlm_grade, hostile)
+    if args.audit_limit:
+        _audit_verdict("\\boxed{1}", "1")  # starts the worker outside the timed loop
+        # Spread over the cases (every k-th), so each data set and both labelled and shifted pairs count.
+        step = max(1, len(cases) // args.audit_limit)
+        audit = measure(_audit_verdict, cases[::step][: args.audit_limit])
+        audit["added_ms_per_sample"] = round(audit.pop("mean_ms"), 3)
+        report["grader_audit"] = audit
     if args.math_verify:
         _math_verify_grade("\\boxed{1}", "1")
         report["math_verify"] = measure(_math_verify_grade, cases)
@@ -139,5 +157,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the guard also keeps the grading worker (spawned) from re-running main
     sys.exit(main())

@@ -55,3 +55,21 @@ def test_grade_reports_bad_lines(tmp_path, capsys, lines, message):
 def test_grade_missing_file(tmp_path, capsys):
     assert main(["grade", str(tmp_path / "nope.jsonl")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_grade_explain_prints_the_steps_and_the_deciding_comparison(tmp_path, capsys):
+    path = _write(tmp_path, [
+        json.dumps({"response": "<think>r</think> The roots are $\\boxed{3}$ and $\\boxed{5}$.", "gold": "3, 5"}),
+        json.dumps({"response": "So he needs 4 books to remove the 15 books.", "gold": "15"}),
+        json.dumps({"response": "Final Answer: The final answer is 7.21. I hope it is correct.", "gold": "7.2"}),
+    ])
+    assert main(["grade", str(path), "--explain"]) == 0
+    out = capsys.readouterr().out
+    cases = out.split("case ")[1:]
+    assert [c.splitlines()[0] for c in cases] == ["1: correct", "2: wrong", "3: wrong"]
+    assert "boxes: 2 non-empty, last '5' -> read together as '3, 5'" in cases[0]
+    assert "rule that fired: boxed -> '3, 5'" in cases[0] and "verdict: correct" in cases[0]
+    assert "last number: '15'; as a committed answer: none" in cases[1]
+    assert "comparison: no_answer tier decided not equal" in cases[1]
+    assert "a short decimal, fewer than 3 significant digits: exact" in cases[2]
+    assert "comparison: structure tier decided not equal" in cases[2]

@@ -1,10 +1,13 @@
 """`srlm grade`: grade a JSONL file of responses against gold answers.
 
-    srlm grade FILE.jsonl [--gold-field gold] [--response-field response] [--benchmark NAME]
+    srlm grade FILE.jsonl [--gold-field gold] [--response-field response] [--benchmark NAME] [--explain]
 
 Writes one JSON object per input line to stdout, in order: ``correct``, ``extracted``, ``method``
 (the extraction rule that fired) and ``format_ok``. A summary goes to stderr. The whole file is read
-and checked before any grading, so a malformed line fails fast with its file and line number.
+and checked before any grading, so a malformed line fails fast with its file and line number. With
+``--explain``, each line's verdict is printed as text instead: the extraction steps (think block, answer
+tags, boxes, answer phrase, ``####`` line, last number, the rule that fired) and the comparison that
+decided.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--benchmark", default=None, metavar="NAME",
                         help="benchmark the golds come from (e.g. gsm8k, math500, minerva); exact-answer "
                              "benchmarks get no rounding tolerance")
+    parser.add_argument("--explain", action="store_true",
+                        help="print, per line, the extraction steps and the comparison that decided")
     parser.set_defaults(func=run)
 
 
@@ -72,10 +77,16 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     correct = failures = 0
     out = sys.stdout
-    for response, gold in pairs:
+    for number, (response, gold) in enumerate(pairs, 1):
         result = grade(response, gold, args.benchmark)
         correct += result.correct
         failures += result.extracted is None
+        if args.explain:
+            from srlm.grading.explain import explain
+
+            out.write(f"case {number}: {'correct' if result.correct else 'wrong'}\n"
+                      + "".join(f"  {line}\n" for line in explain(response, gold, args.benchmark)))
+            continue
         out.write(json.dumps({
             "correct": result.correct,
             "extracted": result.extracted,
