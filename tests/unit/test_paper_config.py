@@ -94,3 +94,17 @@ def test_the_studys_key_settings_say_where_they_come_from():
         for line in values:
             if line.strip().startswith(key):
                 assert "# paper" in line or "# srlm" in line, line
+
+
+def test_baseline_evaluates_table_1s_two_rows_with_the_studys_protocol():
+    baseline = load_config(STUDY.parent / "baseline.yaml")
+    study = load_config(STUDY)
+    rows = {p.label: (pipeline_start(baseline, name), pipeline_stages(baseline, name))
+            for name, p in baseline.pipelines.items()}
+    assert rows == {"Qwen2.5-0.5B": ("Qwen/Qwen2.5-0.5B", []),
+                    "Qwen2.5-0.5B-Instruct": ("Qwen/Qwen2.5-0.5B-Instruct", [])}
+    assert baseline.eval.engine == "vllm" and baseline.eval.gpu_memory_utilization == 0.95  # section 3.4
+    assert baseline.model.dtype == "bfloat16" and baseline.device == "cuda"
+    keep = ("benchmarks", "prompt", "benchmark_prompts", "num_fewshot", "n", "temperature", "top_p",
+            "max_new_tokens", "stop_repetition", "seed")
+    assert {k: getattr(baseline.eval, k) for k in keep} == {k: getattr(study.eval, k) for k in keep}
