@@ -77,6 +77,12 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("So he needs 4 books to remove the 15 books.", "4", False),
         ("Thus the total is 11.", "11", True),
         ("Adding them gives 5 + 6 = 11", "11", True),
+        # A restated question commits to nothing.
+        ("How many books does he need to remove from the 15 books?", "15", False),
+        ("Find $x+y$ given $xy = 15$.", "15", False),
+        ("So the total is 15. Hmm, what about 16?", "16", False),
+        ("If we add them, we get 15.", "15", True),
+        ("I'm not sure about step 2 at first.\nAfter checking, the total is 15.", "15", True),
     ],
     "number_in_prose_inside_answer_tags": [
         ("<think>hmm</think><answer>I have no idea, page 2 of my notes</answer>", "2", False),
@@ -149,6 +155,11 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("The answer is $\\boxed{\\textbf{(B) }7}$.", "\\textbf{(B) }7", True),
         ("The answer is $\\boxed{\\textbf{(C)}}$.", "\\textbf{(B) }7", False),
         ("The answer is $\\boxed{8}$.", "\\textbf{(B) }7", False),
+        ("The answer is $\\boxed{C}$.", "C. x = 42", True),
+        ("The answer is $\\boxed{B}$.", "C. x = 42", False),
+        # A gold that is a chain of equal values is its first member.
+        ("$\\boxed{\\frac{\\sqrt{3}}{3}}$", "\\frac{\\sqrt{3}}{3} \\approx 0.577", True),
+        ("$\\boxed{\\frac{\\sqrt{2}}{3}}$", "\\frac{\\sqrt{3}}{3} \\approx 0.577", False),
     ],
     "thousands_separators": [
         ("$\\boxed{1,\\! 000}$", "1000", True),

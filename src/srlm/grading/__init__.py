@@ -10,7 +10,10 @@ from srlm.grading.grade import Grade, format_ok, grade
 from srlm.grading.rewards import REWARDS, combine_rewards, get_reward
 
 # Bump when a change can flip a verdict, so stored evaluation results say which grader made them.
-GRADER_VERSION = "2.0"
+# 1.0: the first release. 2.0: issue 19's false accepts and false rejects (labelled equations, choice
+# letters, short decimal golds, committed last numbers, boxes read together, ...). 2.1: restated
+# questions commit to nothing, chained and lettered ("C. x = 42") golds.
+GRADER_VERSION = "2.1"
 
 __all__ = [
     "GRADER_VERSION",

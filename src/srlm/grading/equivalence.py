@@ -54,7 +54,7 @@ _EXACT_BENCHMARK_WORDS = ("gsm8k", "aime", "amc")
 # "A+B", "E'" or a word).
 _CHOICE_IN_TEXT = re.compile(r"^\(([A-Z])\)|^([A-E])(?:$|[).:](?:\s|$)|\s+(?=[\d(\\$-]))")
 _PARENTHESISED_LETTER = re.compile(r"\(([A-Z])\)")
-_CHOICE_AND_VALUE = re.compile(r"(?:\\text\{\s*\(([A-E])\)\s*\}|\(([A-E])\))\s*(\S.*)")
+_CHOICE_AND_VALUE = re.compile(r"(?:\\text\{\s*\(([A-E])\)\s*\}|\(([A-E])\)|([A-E])[.)])\s*(\S.*)")
 _NO_SOLUTION_WORDS = {"none", "nosolution", "nosolutions", "emptyset", "norealsolutions", "nosuchvalue"}
 
 
@@ -92,7 +92,8 @@ def parse_gold(gold: str, benchmark: str | None = None) -> Gold:
     """Parse ``gold`` once (cached): every response to the same problem reuses the result."""
     norm = normalize_answer(gold)
     both = _CHOICE_AND_VALUE.fullmatch(norm.text)
-    choice_and_value = (both.group(1) or both.group(2), parse_gold(both.group(3), benchmark)) if both else None
+    choice_and_value = ((both.group(1) or both.group(2) or both.group(3)), parse_gold(both.group(4), benchmark)) \
+        if both else None
     return Gold(raw=gold, norm=norm, canon=_canon(norm.text), shape=parse_answer(norm.text),
                 tolerant=not benchmark_is_exact(benchmark), choice_and_value=choice_and_value)
 
@@ -434,6 +435,9 @@ def _match_relation(g: tuple, p: tuple, ctx: _Context) -> bool | None:
     if p[0] != "rel":
         if g_value is not None:
             return _match(g_value, p, ctx)
+        if all(op == "=" for op in g[1]) and not _names(("list", g[2])):
+            # A gold written as a chain of equal values (`\frac{\sqrt3}{3} \approx 0.577`): its first member.
+            return _match(g[2][0], p, ctx)
         interval = _inequality_interval(g)
         return _match(interval, p, ctx) if interval is not None else False
     if g[1] == ("=",) and p[1] == ("=",):

@@ -69,6 +69,9 @@ _REFERENCE_BEFORE = re.compile(
 # Words that disclaim an answer.
 _HEDGE = re.compile(r"\b(?:no idea|not sure|don'?t know|do not know|cannot (?:be )?determine|can'?t determine|"
                     r"unable to|cannot solve|can'?t solve)\b", re.IGNORECASE)
+# A sentence that asks or sets the problem rather than answers it.
+_QUESTION_START = re.compile(r"(?:\**\s*)(?:given|suppose|assume|find|compute|determine|calculate|evaluate|what|"
+                             r"how many|how much|let)\b", re.IGNORECASE)
 _BARE_SYMBOL = re.compile(r"\\?[A-Za-z]+(?:_\{?\w{1,3}\}?)?")
 # What may separate the boxes of one answer: math delimiters, commas, "and"/"or", a label "y =".
 _BOX_CONNECTOR = re.compile(
@@ -262,7 +265,7 @@ def last_number(text: str, committed: bool = False) -> str | None:
         last = m
     if last is None:
         return None
-    if committed and (_HEDGE.search(text) or _REFERENCE_BEFORE.search(text, max(0, last.start() - 30), last.start())):
+    if committed and not _is_committed(text, last.start(), last.end()):
         return None
     open_ = text.rfind("$", max(0, last.start() - 200), last.start())
     close = text.find("$", last.end(), last.end() + 200)
@@ -281,6 +284,22 @@ def last_number(text: str, committed: bool = False) -> str | None:
     if word is not None:
         return word
     return last.group(0).rstrip(",")
+
+
+def _is_committed(text: str, start: int, end: int) -> bool:
+    """Whether the number at ``text[start:end]`` is stated as a result: not disclaimed in its sentence or
+    after it ("I have no idea, page 2"), not pointed at ("the 15 books", "page 2"), not in a restated question ("How many of
+    the 15 books…?", "Find $x$ if $xy = 15$.")."""
+    sentence_start = max(text.rfind(". ", 0, start), text.rfind("\n", 0, start)) + 1
+    if _HEDGE.search(text, sentence_start):
+        return False
+    if _REFERENCE_BEFORE.search(text, max(0, start - 30), start):
+        return False
+    after = _SENTENCE_END.search(text, end)
+    sentence_end = after.start() if after else len(text)
+    newline = text.find("\n", end, sentence_end)
+    sentence = text[sentence_start:newline if newline >= 0 else sentence_end].strip()
+    return not (sentence.endswith("?") or _QUESTION_START.match(sentence))
 
 
 def _latex_word(text: str, start: int, end: int) -> str | None:
