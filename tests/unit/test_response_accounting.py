@@ -87,3 +87,10 @@ def test_stop_repetition_with_another_engine_fails_at_load():
 
     with pytest.raises(UserError, match="eval.stop_repetition: only the hf engine"):
         EvalConfig(stop_repetition=True, engine="vllm")
+
+
+def test_cli_refuses_stop_repetition_with_another_engine(capsys):
+    from srlm.cli import main
+
+    assert main(["eval", "--model", "m", "--benchmarks", "gsm8k", "--engine", "openai", "--stop-repetition"]) == 2
+    assert "--stop-repetition: only the hf engine" in capsys.readouterr().err

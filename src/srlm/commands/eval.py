@@ -99,6 +99,8 @@ def build_config(args):
         raise UserError(f"--benchmarks names a dataset twice: {args.benchmarks}")
     for name in names:
         get_spec(name)  # an unknown name fails now, not after the model has loaded
+    if args.stop_repetition and args.engine != "hf":
+        raise UserError(f"--stop-repetition: only the hf engine can stop a repetition loop, not {args.engine}")
     try:
         return EvalConfig(
             benchmarks=[DatasetRef(name=n, split=args.split, path=args.data_path, limit=args.limit) for n in names],
