@@ -106,5 +106,5 @@ def test_baseline_evaluates_table_1s_two_rows_with_the_studys_protocol():
     assert baseline.eval.engine == "vllm" and baseline.eval.gpu_memory_utilization == 0.95  # section 3.4
     assert baseline.model.dtype == "bfloat16" and baseline.device == "cuda"
     keep = ("benchmarks", "prompt", "benchmark_prompts", "num_fewshot", "n", "temperature", "top_p",
-            "max_new_tokens", "stop_repetition", "seed")
+            "max_new_tokens", "stop_repetition", "seed", "engine")
     assert {k: getattr(baseline.eval, k) for k in keep} == {k: getattr(study.eval, k) for k in keep}
