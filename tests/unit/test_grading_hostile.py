@@ -32,6 +32,17 @@ HOSTILE = {
     "many minus signs": "\\boxed{" + "-" * 5000 + "1}",
     "5000-digit number": "\\boxed{" + "9" * 5000 + "}",
     "factorial of a googol": "\\boxed{(10^{100})!}",
+    # Inputs aimed at the rules of grader 2.x: boxes read together, committed last numbers, space-grouped
+    # thousands, labelled values, matrix sums, number words.
+    "1 MB of adjacent boxes": "\\boxed{1} and " * 70_000,
+    "1 MB of empty boxes": "\\boxed{} " * 110_000,
+    "1 MB of space-grouped digits": "1 " + "111 " * 250_000 + "1111",
+    "1 MB of digits and points": "1 111." * 170_000,
+    "1 MB of questions": "How many of the 15 books? " * 40_000,
+    "1 MB of final answers naming variables": "Final Answer: The largest $n$ is " * 30_000,
+    "long list of labelled values": "\\boxed{" + ", ".join(f"a_{{{k}}}={k}" for k in range(2000)) + "}",
+    "long matrix sum": "\\boxed{" + "+".join(["\\begin{pmatrix}1\\\\2\\end{pmatrix}"] * 500) + "}",
+    "long linear inequality": "\\boxed{" + "+".join(["x"] * 2000) + " < 1}",
 }
 
 

@@ -60,6 +60,8 @@ _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 _LATEX_WORDS = re.compile(r"\\[A-Za-z]+|\\text\{[^{}]*\}")
 _BARE_BOX_TOKEN = re.compile(r"[^\s$,;]+")
 _PLAIN_WORD = re.compile(r"[A-Za-z]{2,}")
+# An answer spread over more boxes than this is a runaway repetition, not one answer: its last box counts.
+_MAX_BOXES_READ_TOGETHER = 16
 _TRAILING_PUNCT = re.compile(r"[.,;:!?]+$")
 # A number right after one of these words points at something ("page 2", "remove the 15 books"),
 # it does not state a result.
@@ -189,7 +191,7 @@ def boxed_answer(text: str) -> tuple[str, int] | None:
     while k > 0 and found[k][1] - found[k - 1][2] <= 40 \
             and _BOX_CONNECTOR.fullmatch(text, found[k - 1][2], found[k][1]):
         k -= 1
-    if k == len(found) - 1:
+    if k == len(found) - 1 or len(found) - k > _MAX_BOXES_READ_TOGETHER:
         return found[-1][0], found[-1][2]
     return ", ".join(c.strip() for c, _, _ in found[k:]), found[-1][2]
 
