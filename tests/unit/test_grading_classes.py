@@ -82,6 +82,12 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("Find $x+y$ given $xy = 15$.", "15", False),
         ("So the total is 15. Hmm, what about 16?", "16", False),
         ("If we add them, we get 15.", "15", True),
+        # A value named only to be ruled out is not the answer.
+        ("The final answer is not 6, it is 7.", "6", False),
+        ("The final answer is not 6, it is 7.", "7", True),
+        ("So the count is 5, not 6", "6", False),
+        ("So the count is 5 and 6 is wrong", "6", False),
+        ("$\\boxed{\\text{5 ways, not 6}}$", "6", False),
         ("I'm not sure about step 2 at first.\nAfter checking, the total is 15.", "15", True),
     ],
     "number_in_prose_inside_answer_tags": [

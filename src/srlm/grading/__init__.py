@@ -12,8 +12,9 @@ from srlm.grading.rewards import REWARDS, combine_rewards, get_reward
 # Bump when a change can flip a verdict, so stored evaluation results say which grader made them.
 # 1.0: the first release. 2.0: issue 19's false accepts and false rejects (labelled equations, choice
 # letters, short decimal golds, committed last numbers, boxes read together, ...). 2.1: restated
-# questions commit to nothing, chained and lettered ("C. x = 42") golds.
-GRADER_VERSION = "2.1"
+# questions commit to nothing, chained and lettered ("C. x = 42") golds. 2.2: values ruled out ("not 6",
+# "6 is wrong") are not answers; at most 16 adjacent boxes are read together.
+GRADER_VERSION = "2.2"
 
 __all__ = [
     "GRADER_VERSION",

@@ -68,6 +68,10 @@ _TRAILING_PUNCT = re.compile(r"[.,;:!?]+$")
 _REFERENCE_BEFORE = re.compile(
     r"\b(?:the|these|those|page|pages|step|steps|line|lines|chapter|section|part|case|problem|question|"
     r"exercise|equation|figure|table|note|notes|item|option|rule)\s{1,3}$", re.IGNORECASE)
+# A value ruled out rather than stated: "not 6", "instead of 6", "6 is wrong".
+_NEGATED_BEFORE = re.compile(r"\b(?:not|never|instead of|rather than|except|excluding|isn'?t|wasn'?t)\s{0,3}\$?\s{0,2}$",
+                             re.IGNORECASE)
+_WRONG_AFTER = re.compile(r"\$?\s{0,3}(?:is|was)\s{1,3}(?:wrong|incorrect|not\b)", re.IGNORECASE)
 # Words that disclaim an answer.
 _HEDGE = re.compile(r"\b(?:no idea|not sure|don'?t know|do not know|cannot (?:be )?determine|can'?t determine|"
                     r"unable to|cannot solve|can'?t solve)\b", re.IGNORECASE)
@@ -219,14 +223,21 @@ def _value_in_sentence(sentence: str) -> str | None:
     """The value a sentence states: its first ``$…$`` formula that is not a bare variable name
     ("The largest $n$ is $34$" gives ``34``), else its first number ("the answer is therefore 18
     because …" gives ``18``), else its only formula."""
-    formulas = [(m.group(1) or m.group(2)).strip() for m in _INLINE_MATH.finditer(sentence)]
-    for formula in formulas:
+    formulas = [m for m in _INLINE_MATH.finditer(sentence) if not _rejected(sentence, m.start(), m.end())]
+    for m in formulas:
+        formula = (m.group(1) or m.group(2)).strip()
         if not _BARE_SYMBOL.fullmatch(formula):
             return formula
-    number = _NUMBER.search(sentence)
-    if number is not None:
-        return number.group()
-    return formulas[0] if formulas else None
+    for number in _NUMBER.finditer(sentence):
+        if not _rejected(sentence, number.start(), number.end()):
+            return number.group()
+    return (formulas[0].group(1) or formulas[0].group(2)).strip() if formulas else None
+
+
+def _rejected(text: str, start: int, end: int) -> bool:
+    """The value at ``text[start:end]`` is named only to be ruled out: "not 6", "6 is wrong"."""
+    return _NEGATED_BEFORE.search(text, max(0, start - 20), start) is not None \
+        or _WRONG_AFTER.match(text, end) is not None
 
 
 def _first_math_or_sentence(rest: str) -> str:
@@ -295,7 +306,7 @@ def _is_committed(text: str, start: int, end: int) -> bool:
     sentence_start = max(text.rfind(". ", 0, start), text.rfind("\n", 0, start)) + 1
     if _HEDGE.search(text, sentence_start):
         return False
-    if _REFERENCE_BEFORE.search(text, max(0, start - 30), start):
+    if _REFERENCE_BEFORE.search(text, max(0, start - 30), start) or _rejected(text, start, end):
         return False
     after = _SENTENCE_END.search(text, end)
     sentence_end = after.start() if after else len(text)
