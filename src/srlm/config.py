@@ -13,10 +13,10 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from srlm.errors import UserError
 
@@ -301,6 +301,16 @@ STAGE_CONFIGS: dict[str, type[OptimConfig]] = {
 }
 
 
+def _distinct(seeds: list[int]) -> list[int]:
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    return seeds
+
+
+# Training seeds of a pipeline: its stages run once per seed; the report gives their mean and seed spread.
+Seeds = Annotated[list[int], Field(min_length=1), AfterValidator(_distinct)]
+
+
 class PipelineConfig(Strict):
     """A starting model, an ordered list of stages, and an evaluation of the result."""
 
@@ -313,6 +323,10 @@ class PipelineConfig(Strict):
     )
     evaluate: bool = Field(True, description="Evaluate the pipeline's final checkpoint.")
     label: str | None = Field(None, description="Row name in reports (default: the pipeline name).")
+    seeds: Seeds | None = Field(
+        None, description="Run this pipeline's own stages once per seed (their `seed` set to it), e.g. [0, 1, 2]: "
+                          "the report shows the mean, the seed SD and per-seed gains. Default: the pipeline it "
+                          "extends, else the config's `seeds`, else one run.")
 
 
 class RunConfig(Strict):
@@ -331,6 +345,9 @@ class RunConfig(Strict):
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict, description="Named pipelines.")
+    seeds: Seeds | None = Field(
+        None, description="Seeds for every pipeline without its own `seeds` (whole-study seed variance); "
+                          "costs one run of every stage per seed.")
     evaluate_starts: bool = Field(
         True, description="Evaluate each starting model as it is, for its own report row (not the random tiny "
                           "model, nor one a pipeline without stages already evaluates).")
@@ -362,8 +379,23 @@ def pipeline_start(cfg: RunConfig, name: str) -> str:
     return cfg.model.name_or_path
 
 
-def pipeline_stages(cfg: RunConfig, name: str) -> list[tuple[str, OptimConfig]]:
-    """(kind, resolved config) for every stage of pipeline `name`, `extends` chains included."""
+def pipeline_seeds(cfg: RunConfig, name: str) -> list[int] | None:
+    """The training seeds of pipeline `name`: its own, else those of the pipeline it extends, else the
+    config's; None: one run, the stages' seeds as configured."""
+    seen: set[str] = set()
+    current: str | None = name
+    while current is not None and current in cfg.pipelines and current not in seen:
+        seen.add(current)
+        if cfg.pipelines[current].seeds is not None:
+            return cfg.pipelines[current].seeds
+        current = cfg.pipelines[current].extends
+    return cfg.seeds
+
+
+def pipeline_stages(cfg: RunConfig, name: str, seed: int | None = None) -> list[tuple[str, OptimConfig]]:
+    """(kind, resolved config) for every stage of pipeline `name`, `extends` chains included. With `seed`,
+    the stages of every pipeline of the chain that has seeds run with `seed`; the others (a shared prefix
+    the seed does not enter) stay as configured."""
     chain: list[str] = []
     current: str | None = name
     while current is not None:
@@ -376,7 +408,9 @@ def pipeline_stages(cfg: RunConfig, name: str) -> list[tuple[str, OptimConfig]]:
         current = cfg.pipelines[current].extends
     stages: list[tuple[str, OptimConfig]] = []
     for pname in reversed(chain):
+        seeded = seed is not None and pipeline_seeds(cfg, pname) is not None
         for i, st in enumerate(cfg.pipelines[pname].stages):
+            st = {**st, "seed": seed} if seeded else st
             stages.append((st.get("kind"), stage_config(cfg, st, f"pipelines.{pname}.stages.{i}")))
     return stages
 

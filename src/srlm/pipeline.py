@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from srlm import progress as run_progress
-from srlm.config import RunConfig, pipeline_stages, pipeline_start
+from srlm.config import RunConfig, pipeline_seeds, pipeline_stages, pipeline_start
 from srlm.errors import UserError
 from srlm.models import resolve_device
 from srlm.train.loop import atomic_write_json, atomic_write_text
@@ -132,33 +132,53 @@ def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device
 
 
 def run_pipeline(cfg: RunConfig, name: str, run_dir: Path, device, progress: bool = True,
-                 _active: tuple[str, ...] = ()) -> PipelineResult:
-    """Run pipeline `name` (stages, then evaluation), reusing every stage that is already done."""
+                 _active: tuple[str, ...] = (), seed: int | None = None) -> PipelineResult:
+    """Run pipeline `name` (stages, then evaluation), reusing every stage that is already done. A pipeline
+    with seeds runs once per seed into RUN/<name>/seed<s>/ (`seed` picks one of those runs)."""
     if name in _active:
         raise UserError(f"pipelines.{name}: a KD teacher refers back to it: {' -> '.join(_active + (name,))}")
+    seeds = pipeline_seeds(cfg, name)
+    if seeds is not None and seed is None:
+        return _run_seeds(cfg, name, seeds, run_dir, device, progress, _active)
+    folder = name if seed is None else f"{name}/seed{seed}"
     path, key = start_model(cfg, run_dir, name)
     stages = []
-    for kind, scfg in pipeline_stages(cfg, name):
+    for kind, scfg in pipeline_stages(cfg, name, seed):
         teacher = getattr(scfg, "teacher", None)
         if teacher in cfg.pipelines:  # the teacher is another pipeline's final model: make sure it exists
-            t = run_pipeline(cfg, teacher, run_dir, device, progress, _active + (name,))
+            t_seeds = pipeline_seeds(cfg, teacher)  # a seeded teacher: its run of this seed, else its first
+            t_seed = None if t_seeds is None else (seed if seed in t_seeds else t_seeds[0])
+            t = run_pipeline(cfg, teacher, run_dir, device, progress, _active + (name,), seed=t_seed)
             if t.status != "done":
-                return _finish(run_dir, name, PipelineResult(
+                return _finish(run_dir, folder, PipelineResult(
                     name, "failed", stages, None, None, f"teacher pipeline {teacher!r} ended {t.status}"))
             scfg = scfg.model_copy(update={"teacher": t.final_checkpoint})
-        run_progress.in_pipeline(name)
+        run_progress.in_pipeline(folder)
         m = run_stage(kind, scfg, path, key, run_dir, device, progress)
         stages.append({"kind": kind, "status": m["status"], "reason": m.get("reason"), "dir": m["dir"],
                        "cost": m.get("cost", {})})
         if m["status"] != "done":
-            return _finish(run_dir, name, PipelineResult(name, m["status"], stages, None, None, m.get("reason")))
+            return _finish(run_dir, folder, PipelineResult(name, m["status"], stages, None, None, m.get("reason")))
         path, key = m["output"]["checkpoint"], m["output"]["key"]
     summary = None
     if cfg.pipelines[name].evaluate:
-        run_progress.in_pipeline(name)
-        run_progress.announce(f"eval:{name}", "evaluation")
-        summary = evaluate_checkpoint(cfg, path, key, run_dir / name / "eval", device, progress)
-    return _finish(run_dir, name, PipelineResult(name, "done", stages, str(path), summary))
+        run_progress.in_pipeline(folder)
+        run_progress.announce(f"eval:{folder}", "evaluation")
+        summary = evaluate_checkpoint(cfg, path, key, run_dir / folder / "eval", device, progress)
+    return _finish(run_dir, folder, PipelineResult(name, "done", stages, str(path), summary))
+
+
+def _run_seeds(cfg: RunConfig, name: str, seeds: list[int], run_dir: Path, device, progress: bool,
+               _active: tuple[str, ...]) -> PipelineResult:
+    """One run of `name` per seed, then RUN/<name>/pipeline.json listing them (the report's row)."""
+    runs = [run_pipeline(cfg, name, run_dir, device, progress, _active, seed=s) for s in seeds]
+    bad = next((r for r in runs if r.status != "done"), None)
+    stages = list({st["dir"]: st for r in runs for st in r.stages}.values())  # every seed's, shared ones once
+    result = PipelineResult(name, bad.status if bad else "done", stages, None, None, bad.reason if bad else None)
+    atomic_write_json(run_dir / name / "pipeline.json", {
+        "name": name, "status": result.status, "reason": result.reason, "stages": stages,
+        "final_checkpoint": None, "seeds": {str(s): f"seed{s}" for s in seeds}})
+    return result
 
 
 def _finish(run_dir: Path, name: str, result: PipelineResult) -> PipelineResult:
@@ -252,13 +272,14 @@ def count_units(cfg: RunConfig, names: list[str]) -> int:
         if name in seen:
             continue
         seen.add(name)
-        chain: tuple = (pipeline_start(cfg, name),)
-        for kind, scfg in pipeline_stages(cfg, name):
-            chain += ((kind, scfg.model_dump_json()),)
-            prefixes.add(chain)
-            if getattr(scfg, "teacher", None) in cfg.pipelines:
-                todo.append(scfg.teacher)
-        evals += bool(cfg.pipelines[name].evaluate)
+        for seed in pipeline_seeds(cfg, name) or [None]:
+            chain: tuple = (pipeline_start(cfg, name),)
+            for kind, scfg in pipeline_stages(cfg, name, seed):
+                chain += ((kind, scfg.model_dump_json()),)
+                prefixes.add(chain)
+                if getattr(scfg, "teacher", None) in cfg.pipelines:
+                    todo.append(scfg.teacher)
+            evals += bool(cfg.pipelines[name].evaluate)
     return len(prefixes) + evals + len(start_rows(cfg, names))
 
 

@@ -7,6 +7,7 @@ extracted, and `failed` where a stage broke.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 DAGGER, DOUBLE_DAGGER = "†", "‡"
@@ -23,6 +24,15 @@ class Row:
     reason: str | None = None
     folder: str = ""  # the pipeline's folder in the run directory
     start: str = ""  # the starting model (hub id or folder) of its first stage
+    # a pipeline run once per training seed: seed -> {"folder": "<pipeline>/seed<s>", "stages": [...]}; its
+    # `benchmarks` then hold the mean over seeds with `seed_sd` (see reporting.combine_seeds)
+    seed_runs: dict[int, dict] = field(default_factory=dict)
+
+    def runs(self) -> list[tuple[int | None, str, list[dict]]]:
+        """(seed, folder, stages) of each run behind the row: one per seed, or the row itself."""
+        if self.seed_runs:
+            return [(s, r["folder"], r["stages"]) for s, r in self.seed_runs.items()]
+        return [(None, self.folder, self.stages)]
 
 
 @dataclass
@@ -47,6 +57,8 @@ def _cell(row: Row, bench: str, best: float | None) -> str:
         return DAGGER
     acc, se = 100 * s["accuracy"], 100 * s.get("accuracy_se", 0.0)
     text = f"{acc:.1f} ± {se:.1f}"
+    if s.get("seed_sd") is not None:
+        text += f" (SD {100 * s['seed_sd']:.1f}, {s.get('n_seeds')} seeds)"
     return f"**{text}**" if best is not None and abs(acc - best) < 1e-9 else text
 
 
@@ -76,6 +88,12 @@ def accuracy_table(rows: list[Row]) -> list[list[str]]:
 
 BOLD_BEST = "Bold: the highest accuracy in each column among the rows that finished."
 BOLD_GAIN = "Bold: a change larger than twice its standard error (either sign)."
+SEEDS_NOTE = ("Rows over several training seeds: the mean over seeds ± the standard error over problems of the "
+              "seed-averaged per-problem accuracy, and in brackets the standard deviation of the per-seed "
+              "accuracies (SD): how much the result moves with the training seed.")
+SEED_GAINS_NOTE = ("For a row over several seeds, each seed's run is paired with its own starting checkpoint (the "
+                   "same seed's, or the one shared by all); the cell is the mean of those per-problem differences, "
+                   "and the per-seed gains follow in brackets.")
 
 
 def marks_legend(table: list[list[str]]) -> str:
@@ -227,7 +245,10 @@ def gains_table(gains: list[Gain]) -> list[list[str]]:
                 continue
             diff, se = 100 * d["difference"], 100 * d["se"]
             text = f"{diff:+.1f} ± {se:.1f}"
-            cells.append(f"**{text}**" if abs(diff) > 2 * se else text)
+            text = f"**{text}**" if abs(diff) > 2 * se else text
+            if d.get("per_seed"):
+                text += " (" + ", ".join(f"{100 * x['difference']:+.1f}" for x in d["per_seed"]) + ")"
+            cells.append(text)
         table.append([g.label, g.start] + cells)
     return table
 
@@ -296,7 +317,7 @@ def markdown(table: list[list[str]]) -> str:
 
 
 def _dirs(row: Row) -> tuple[str, ...]:
-    return tuple(st["dir"] for st in row.stages)
+    return tuple(st["dir"] for st in row.runs()[0][2])  # a row over seeds: its first seed's run
 
 
 def start_groups(rows: list[Row]) -> list[tuple[str, list[Row]]]:
@@ -309,11 +330,11 @@ def start_groups(rows: list[Row]) -> list[tuple[str, list[Row]]]:
     def extends(a: Row, b: Row) -> bool:  # b's stages are a strict prefix of a's
         return a.start == b.start and len(_dirs(b)) < len(_dirs(a)) and _dirs(a)[: len(_dirs(b))] == _dirs(b)
 
-    starts = [r for r in rows if not r.stages or sum(extends(o, r) for o in rows) >= 2]
+    starts = [r for r in rows if not _dirs(r) or sum(extends(o, r) for o in rows) >= 2]
     groups: dict[str, list[Row]] = {}
     for r in rows:
         mine = [b for b in starts if b is r or extends(r, b)]
-        name = max(mine, key=lambda b: len(b.stages)).label if mine else (r.start or "–")
+        name = max(mine, key=lambda b: len(_dirs(b))).label if mine else (r.start or "–")
         groups.setdefault(name, []).append(r)
     return list(groups.items())
 
@@ -325,9 +346,11 @@ def accuracy_records(rows: list[Row]) -> list[dict]:
         for b in benchmark_names(rows):
             s = r.benchmarks.get(b) if r.status == "done" else None
             rec = {"method": r.label, "pipeline": r.folder, "status": r.status, "benchmark": b,
-                   "mean": None, "se": None, "n_problems": None, "n_samples": None, "no_answer": None}
+                   "mean": None, "se": None, "seed_sd": None, "n_seeds": len(r.seed_runs) or 1,
+                   "n_problems": None, "n_samples": None, "no_answer": None}
             if s is not None:
                 rec.update(mean=100 * s["accuracy"], se=100 * s.get("accuracy_se", 0.0),
+                           seed_sd=100 * s["seed_sd"] if s.get("seed_sd") is not None else None,
                            n_problems=s.get("n_problems"), n_samples=s.get("n_samples"),
                            no_answer=int(bool(s.get("no_answer"))))
             rec.update(format_rate=rate(s, "format_rate"), extraction_rate=rate(s, "extraction_rate"),
@@ -339,8 +362,15 @@ def accuracy_records(rows: list[Row]) -> list[dict]:
 
 
 def gains_records(gains: list[Gain]) -> list[dict]:
-    return [{"method": g.label, "started_from": g.start, "benchmark": b, "difference": 100 * d["difference"],
-             "se": 100 * d["se"], "n_problems": d["n_problems"]} for g in gains for b, d in g.benchmarks.items()]
+    out = []
+    for g in gains:
+        for b, d in g.benchmarks.items():
+            out.append({"method": g.label, "started_from": g.start, "benchmark": b, "seed": None,
+                        "difference": 100 * d["difference"], "se": 100 * d["se"], "n_problems": d["n_problems"]})
+            out += [{"method": g.label, "started_from": g.start, "benchmark": b, "seed": x["seed"],
+                     "difference": 100 * x["difference"], "se": 100 * x["se"], "n_problems": x["n_problems"]}
+                    for x in d.get("per_seed", [])]
+    return out
 
 
 def cost_records(stages: list[StageCost]) -> list[dict]:
@@ -377,9 +407,8 @@ def csv_records(records: list[dict]) -> str:
 def latex(table: list[list[str]]) -> str:
     def esc(c: str) -> str:
         c = c.replace("±", r"$\pm$").replace(DAGGER, r"$\dagger$").replace(DOUBLE_DAGGER, r"$\ddagger$")
-        if c.startswith("**") and c.endswith("**"):
-            c = r"\textbf{" + c[2:-2] + "}"
-        return c.replace("_", r"\_").replace("%", r"\%")
+        c = c.replace("_", r"\_").replace("%", r"\%")
+        return re.sub(r"\*\*(.+?)\*\*", lambda m: r"\textbf{" + m.group(1) + "}", c)
 
     head, *body = table
     lines = [r"\begin{tabular}{l" + "c" * (len(head) - 1) + "}", r"\toprule", " & ".join(esc(c) for c in head)
@@ -406,7 +435,8 @@ def report_sections(rows: list[Row], gains: list[Gain] = (), stages: list[StageC
     acc = accuracy_table(rows)
     sections = [
         Section("Accuracy (%, mean ± standard error over problems)", acc,
-                BOLD_BEST + (" " + marks_legend(acc) if marks_legend(acc) else "")),
+                " ".join(x for x in (BOLD_BEST, marks_legend(acc), SEEDS_NOTE if any(r.seed_runs for r in rows)
+                                     else "") if x)),
         Section("Format and extraction rates (%), generation speed", format_table(rows),
                 "Format: responses in the prompt's required format (n/a where the prompt asks for none); "
                 "extracted: responses an answer could be read from. Tokens/s: tokens generated per second of "
@@ -426,7 +456,8 @@ def report_sections(rows: list[Row], gains: list[Gain] = (), stages: list[StageC
         sections.append(Section(
             "What each stage adds (accuracy points over its starting checkpoint)", gains_table(list(gains)),
             "Paired over the problems both checkpoints were scored on: the standard error is that of the "
-            "per-problem differences, so problem difficulty cancels out. " + BOLD_GAIN))
+            "per-problem differences, so problem difficulty cancels out. " + BOLD_GAIN
+            + (" " + SEED_GAINS_NOTE if any(d.get("per_seed") for g in gains for d in g.benchmarks.values()) else "")))
     if stages:
         sections.append(Section("Compute cost per stage", cost_table(list(stages)),
                                 "A stage shared by several pipelines (a common prefix) ran once and is one row; "

@@ -39,9 +39,59 @@ def collect_rows(run_dir: Path) -> list[Row]:
         benches = json.loads(summary_path.read_text())["benchmarks"] if summary_path.exists() else {}
         label = (pipelines.get(name) or {}).get("label") or info.get("label") or name
         start = _start_of(pipelines, name, (cfg.get("model") or {}).get("name_or_path", ""))
+        seed_runs = {}
+        for seed, sub in (info.get("seeds") or {}).items():
+            run_info = run_dir / name / sub / "pipeline.json"
+            if run_info.exists():
+                seed_runs[int(seed)] = {"folder": f"{name}/{sub}",
+                                        "stages": json.loads(run_info.read_text())["stages"]}
+        if seed_runs:
+            benches = _seed_benchmarks(run_dir, seed_runs)
         rows.append(Row(label, info["status"], benches, stages=info["stages"], reason=info.get("reason"),
-                        folder=name, start=info.get("start") or start))
+                        folder=name, start=info.get("start") or start, seed_runs=seed_runs))
     return rows
+
+
+def _seed_benchmarks(run_dir: Path, seed_runs: dict[int, dict]) -> dict[str, dict]:
+    """Benchmark -> the summary over a row's seeds (`combine_seeds`), for benchmarks every seed scored."""
+    summaries = {}
+    for seed, r in seed_runs.items():
+        path = run_dir / r["folder"] / "eval" / "summary.json"
+        summaries[seed] = json.loads(path.read_text())["benchmarks"] if path.exists() else {}
+    benches = [b for b in dict.fromkeys(b for x in summaries.values() for b in x)
+               if all(b in x for x in summaries.values())]
+    return {b: combine_seeds({s: x[b] for s, x in summaries.items()},
+                             {s: per_problem_accuracy(run_dir / seed_runs[s]["folder"] / "eval" / b)
+                              for s in summaries}) for b in benches}
+
+
+def combine_seeds(by_seed: dict[int, dict], per_problem: dict[int, dict[str, float]]) -> dict:
+    """One benchmark's summary over several training seeds (pure): accuracy is the mean over seeds; its
+    standard error is over problems, of each problem's accuracy averaged over the seeds (the problems all
+    seeds scored); `seed_sd` is the standard deviation of the per-seed accuracies (n - 1). Rates are means
+    over seeds (None where any seed has none), tokens and wall time sums."""
+    import statistics
+
+    from srlm.stats import mean_and_se
+
+    seeds = list(by_seed)
+    accs = [by_seed[s]["accuracy"] for s in seeds]
+    common = [p for p in per_problem[seeds[0]] if all(p in per_problem[s] for s in seeds)]
+    _, se = mean_and_se([sum(per_problem[s][p] for s in seeds) / len(seeds) for p in common])
+    out = {"accuracy": sum(accs) / len(accs), "accuracy_se": se,
+           "seed_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0, "n_seeds": len(seeds),
+           "per_seed": {str(s): a for s, a in zip(seeds, accs)}, "n_problems": len(common),
+           "n_samples": by_seed[seeds[0]].get("n_samples"),
+           "no_answer": all(x.get("no_answer") for x in by_seed.values())}
+    for key in ("format_rate", "extraction_rate", "truncation_rate", "repetition_rate", "mean_response_tokens"):
+        vals = [x.get(key) for x in by_seed.values()]
+        if any(key in x for x in by_seed.values()):
+            out[key] = None if any(v is None for v in vals) else sum(vals) / len(vals)
+    if all("p95_response_tokens" in x for x in by_seed.values()):
+        out["p95_response_tokens"] = max(x["p95_response_tokens"] for x in by_seed.values())
+    for key in ("tokens_generated", "wall_seconds"):
+        out[key] = sum(x.get(key) or 0 for x in by_seed.values())
+    return out
 
 
 def _start_of(pipelines: dict, name: str, default: str) -> str:
@@ -74,11 +124,14 @@ def collect_gains(run_dir: Path, rows: list[Row]) -> list[Gain]:
     the accuracy change per benchmark, paired over the problems both were scored on.
 
     Pairs only evaluations with the same protocol (prompt, samples, temperature, ...): a difference between
-    protocols is not the stage's doing.
+    protocols is not the stage's doing. A row over several seeds pairs each seed's run with the run it
+    started from (that seed's, or a start shared by every seed): the gain is the mean over seeds of the
+    per-problem differences, with the per-seed gains beside it.
     """
     run_dir = Path(run_dir)
-    # (starting model, stage folders) -> row; a row without stages is its starting model evaluated as it is
-    by_stages = {(r.start, tuple(st["dir"] for st in r.stages)): r for r in rows if r.status == "done"}
+    # (starting model, stage folders) -> (row, its run's folder); a run without stages is its starting model
+    by_stages = {(r.start, tuple(st["dir"] for st in stages)): (r, folder)
+                 for r in rows if r.status == "done" for _, folder, stages in r.runs()}
     accuracy: dict[Path, dict[str, float]] = {}  # a start row is compared with every row that extends it
 
     def per_problem(bench_dir: Path) -> dict[str, float]:
@@ -88,19 +141,41 @@ def collect_gains(run_dir: Path, rows: list[Row]) -> list[Gain]:
 
     gains = []
     for r in rows:
-        start = by_stages.get((r.start, tuple(st["dir"] for st in r.stages[:-1])))
-        if r.status != "done" or not r.stages or start is None or not r.benchmarks:
+        if r.status != "done" or not r.benchmarks:
             continue
-        here, there = run_dir / r.folder / "eval", run_dir / start.folder / "eval"
-        protocol = _protocol(here)
-        if protocol is None or protocol != _protocol(there):
-            continue
-        benches = {b: paired_difference(per_problem(here / b), per_problem(there / b))
-                   for b in r.benchmarks if b in start.benchmarks}
-        benches = {b: d for b, d in benches.items() if d["n_problems"] > 1}
-        if benches:
-            gains.append(Gain(r.label, start.label, benches))
+        pairs = []  # (seed, this run's eval folder, its start's eval folder)
+        for seed, folder, stages in r.runs():
+            found = by_stages.get((r.start, tuple(st["dir"] for st in stages[:-1]))) if stages else None
+            if found is None:
+                break
+            pairs.append((seed, run_dir / folder / "eval", run_dir / found[1] / "eval", found[0]))
+        else:
+            starts = {id(p[3]) for p in pairs}
+            if not pairs or len(starts) != 1 or any(
+                    _protocol(here) is None or _protocol(here) != _protocol(there) for _, here, there, _ in pairs):
+                continue
+            start = pairs[0][3]
+            benches = {}
+            for b in (b for b in r.benchmarks if b in start.benchmarks):
+                d = _paired_over_seeds([(seed, per_problem(here / b), per_problem(there / b))
+                                        for seed, here, there, _ in pairs])
+                if d["n_problems"] > 1:
+                    benches[b] = d
+            if benches:
+                gains.append(Gain(r.label, start.label, benches))
     return gains
+
+
+def _paired_over_seeds(pairs: list[tuple[int | None, dict[str, float], dict[str, float]]]) -> dict:
+    """`stats.paired_difference` of one run, or over several seeds' runs: per problem, the difference
+    averaged over the seeds, then mean and standard error over problems; `per_seed` lists each seed's own."""
+    if len(pairs) == 1 and pairs[0][0] is None:
+        return paired_difference(pairs[0][1], pairs[0][2])
+    common = [p for p in pairs[0][1] if all(p in a and p in b for _, a, b in pairs)]
+    mean_diff = {p: sum(a[p] - b[p] for _, a, b in pairs) / len(pairs) for p in common}
+    d = paired_difference(mean_diff, {p: 0.0 for p in common})
+    d["per_seed"] = [{"seed": seed, **paired_difference(a, b)} for seed, a, b in pairs]
+    return d
 
 
 def compare_runs(run_a: Path, run_b: Path) -> tuple[list[Comparison], list[str]]:
@@ -113,13 +188,12 @@ def compare_runs(run_a: Path, run_b: Path) -> tuple[list[Comparison], list[str]]
         a, b = rows_a.get(name), rows_b.get(name)
         c = Comparison((a or b).label, a, b)
         if a and b and a.status == b.status == "done":
-            pa, pb = _protocol(Path(run_a) / name / "eval"), _protocol(Path(run_b) / name / "eval")
+            pa, pb = _row_protocol(Path(run_a), a), _row_protocol(Path(run_b), b)
             for bench in (x for x in a.benchmarks if x in b.benchmarks):
                 if pa is None or pa != pb:
                     c.differences[bench] = None
                     continue
-                d = paired_difference(per_problem_accuracy(Path(run_b) / name / "eval" / bench),
-                                      per_problem_accuracy(Path(run_a) / name / "eval" / bench))
+                d = paired_difference(_row_per_problem(Path(run_b), b, bench), _row_per_problem(Path(run_a), a, bench))
                 if d["n_problems"] > 1:  # fewer problems in common: no standard error to show
                     c.differences[bench] = d
             if pa != pb:
@@ -130,17 +204,34 @@ def compare_runs(run_a: Path, run_b: Path) -> tuple[list[Comparison], list[str]]
     return comparisons, notes
 
 
+def _row_protocol(run_dir: Path, row: Row) -> dict | None:
+    """The evaluation protocol of a row (of its runs, when they all share one)."""
+    protocols = [_protocol(run_dir / folder / "eval") for _, folder, _ in row.runs()]
+    return protocols[0] if all(p == protocols[0] for p in protocols) else None
+
+
+def _row_per_problem(run_dir: Path, row: Row, bench: str) -> dict[str, float]:
+    """Problem id -> accuracy, averaged over the row's seeds (problems every seed scored)."""
+    runs = [per_problem_accuracy(run_dir / folder / "eval" / bench) for _, folder, _ in row.runs()]
+    return {p: sum(r[p] for r in runs) / len(runs) for p in runs[0] if all(p in r for r in runs)}
+
+
 def _protocol(eval_dir: Path) -> dict | None:
     path = eval_dir / "eval_settings.json"
     return json.loads(path.read_text()).get("protocol") if path.exists() else None
 
 
 def _stage_label(rows: list[Row], stage_dir: str) -> str:
-    """Name a stage after the shortest pipeline that ends with it (its owner), e.g. `base + SFT`."""
-    owners = [r for r in rows if r.stages and r.stages[-1]["dir"] == stage_dir]
-    users = owners or [r for r in rows if any(st["dir"] == stage_dir for st in r.stages)]
+    """Name a stage after the shortest pipeline that ends with it (its owner), e.g. `base + SFT`, and the
+    seed when that pipeline runs once per seed."""
+    owners = [(r, seed) for r in rows for seed, _, stages in r.runs() if stages and stages[-1]["dir"] == stage_dir]
+    users = owners or [(r, seed) for r in rows for seed, _, stages in r.runs()
+                       if any(st["dir"] == stage_dir for st in stages)]
     kind = Path(stage_dir).name.split("-")[0]
-    return f"{users[0].label} ({kind})" if users else Path(stage_dir).name
+    if not users:
+        return Path(stage_dir).name
+    row, seed = users[0]
+    return f"{row.label}{'' if seed is None else f' seed {seed}'} ({kind})"
 
 
 def collect_stages(rows: list[Row]) -> list[StageCost]:

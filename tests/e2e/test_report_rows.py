@@ -2,6 +2,8 @@
 progress line counts every stage and evaluation."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -48,3 +50,27 @@ def test_a_stage_less_pipeline_already_gives_the_row(tmp_path):
                                     "sft": {"label": "start + SFT", "stages": [{"kind": "sft"}]}})
     assert main(["run", config, "--no-progress"]) == 0
     assert not (tmp_path / "run" / "start_my-model").exists()
+
+
+def test_a_two_seed_pipeline_runs_its_stage_per_seed_and_reports_the_spread(tmp_path, capsys):
+    config = mini_config(tmp_path, {"sft": {"label": "start + SFT", "seeds": [0, 1], "stages": [{"kind": "sft"}]}})
+    assert main(["run", config, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "[stage 5 of 5] sft/seed1: evaluation" in out  # start eval, then SFT and its eval per seed
+    run = tmp_path / "run"
+    seeds = {s: json.loads((run / "sft" / f"seed{s}" / "pipeline.json").read_text()) for s in (0, 1)}
+    dirs = {s: seeds[s]["stages"][0]["dir"] for s in (0, 1)}
+    assert dirs[0] != dirs[1]  # one SFT stage per seed, with its seed in its config
+    assert [json.loads((Path(dirs[s]) / "manifest.json").read_text())["config"]["seed"] for s in (0, 1)] == [0, 1]
+    assert json.loads((run / "sft" / "pipeline.json").read_text())["seeds"] == {"0": "seed0", "1": "seed1"}
+    report = (run / "report.md").read_text()
+    row = next(line for line in report.split("## Accuracy")[1].splitlines() if line.startswith("| start + SFT"))
+    assert re.fullmatch(r"\| start \+ SFT \| (\*\*)?\d+\.\d ± \d+\.\d \(SD \d+\.\d, 2 seeds\)(\*\*)? \|", row), row
+    gains = report.split("## What each stage adds")[1].split("##")[0]
+    assert re.search(r"\| start \+ SFT \| .*my-model \| .*\([+-]\d+\.\d, [+-]\d+\.\d\) \|", gains), gains
+    # a re-run reuses both seeds' stages: no stage line but evaluations' (found complete), manifests untouched
+    before = {m: m.stat().st_mtime_ns for m in run.glob("stages/*/manifest.json")}
+    assert main(["run", config, "--no-progress"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[stage")]
+    assert len(lines) == 3 and all("evaluation" in x for x in lines), lines
+    assert before == {m: m.stat().st_mtime_ns for m in run.glob("stages/*/manifest.json")}

@@ -69,3 +69,34 @@ def make_run(run_dir: Path) -> Path:
     write_pipeline(run_dir, "base_sft_rl", [pre, sft, rl], {p: [1, i % 2] for i, p in enumerate(problems)})
     write_pipeline(run_dir, "base_rl", [pre, rl2], {p: [i % 3 == 0, 0] for i, p in enumerate(problems)})
     return run_dir
+
+
+def write_seed_runs(run_dir: Path, name: str, runs: dict[int, tuple[list[dict], dict[str, list[int]]]]) -> None:
+    """A pipeline run once per seed: RUN/<name>/seed<s>/ per seed, and RUN/<name>/pipeline.json listing them."""
+    for seed, (stages, correct) in runs.items():
+        write_pipeline(run_dir / name, f"seed{seed}", stages, correct)
+    union = list({st["dir"]: st for stages, _ in runs.values() for st in stages}.values())
+    (run_dir / name / "pipeline.json").write_text(json.dumps(
+        {"name": name, "status": "done", "reason": None, "stages": union, "final_checkpoint": None,
+         "seeds": {str(s): f"seed{s}" for s in runs}}))
+
+
+def make_seed_run(run_dir: Path) -> Path:
+    """tiny base (one run) -> base + SFT over seeds 0 and 1 -> base + SFT + RL over the same seeds."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pre = write_stage(run_dir, "pretrain-a", "pretrain", 10)
+    sft = {s: write_stage(run_dir, f"sft-s{s}", "sft", 6) for s in (0, 1)}
+    rl = {s: write_stage(run_dir, f"grpo-s{s}", "grpo", 8) for s in (0, 1)}
+    pipelines = {"base": {"label": "tiny base"},
+                 "base_sft": {"label": "base + SFT", "extends": "base", "seeds": [0, 1]},
+                 "base_sft_rl": {"label": "base + SFT + RL", "extends": "base_sft"}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": {"name_or_path": "tiny"}, "pipelines": pipelines},
+                                                         sort_keys=False))
+    write_pipeline(run_dir, "base", [pre], {"a": [0, 0], "b": [0, 0], "c": [0, 0], "d": [0, 0]})
+    write_seed_runs(run_dir, "base_sft", {
+        0: ([pre, sft[0]], {"a": [1, 1], "b": [1, 0], "c": [0, 0], "d": [0, 0]}),   # 37.5 %
+        1: ([pre, sft[1]], {"a": [1, 1], "b": [1, 1], "c": [1, 0], "d": [0, 0]})})  # 62.5 %
+    write_seed_runs(run_dir, "base_sft_rl", {
+        0: ([pre, sft[0], rl[0]], {"a": [1, 1], "b": [1, 1], "c": [0, 0], "d": [0, 0]}),   # 50 %: +12.5
+        1: ([pre, sft[1], rl[1]], {"a": [1, 1], "b": [1, 1], "c": [1, 1], "d": [1, 0]})})  # 87.5 %: +25
+    return run_dir
