@@ -114,6 +114,15 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("I first got $\\boxed{3}$, but checking again the answer is $\\boxed{5}$.", "5", True),
         ("I first got $\\boxed{3}$, but checking again the answer is $\\boxed{5}$.", "3, 5", False),
     ],
+    "answer_phrase_after_a_box": [
+        # A later "the answer is <value>" corrects the box; commentary, questions and checks do not.
+        ("The answer is \\boxed{450}. Wait, 9*60 = 540, so the answer is 540.", "540", True),
+        ("The answer is \\boxed{450}. Wait, 9*60 = 540, so the answer is 540.", "450", False),
+        ("So the sum is $\\boxed{24}$.\n\nChallenge: Is it a coincidence that the answer is 24?", "24", True),
+        ("So $x = \\boxed{901}$. We can check our answer: $10 \\cdot 901 = 9010 \\equiv 1$.", "901", True),
+        ("$\\boxed{12}$. The answer is correct.", "12", True),
+        ("$\\boxed{450}$. I think the answer is 540 but I am not sure.", "540", False),
+    ],
     "final_answer_sentence_names_a_variable": [
         ("Final Answer: The largest $n$ is 34.", "34", True),
         ("Final Answer: The largest $n$ is $34$.", "34", True),

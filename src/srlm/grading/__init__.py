@@ -13,8 +13,9 @@ from srlm.grading.rewards import REWARDS, combine_rewards, get_reward
 # 1.0: the first release. 2.0: issue 19's false accepts and false rejects (labelled equations, choice
 # letters, short decimal golds, committed last numbers, boxes read together, ...). 2.1: restated
 # questions commit to nothing, chained and lettered ("C. x = 42") golds. 2.2: values ruled out ("not 6",
-# "6 is wrong") are not answers; at most 16 adjacent boxes are read together.
-GRADER_VERSION = "2.2"
+# "6 is wrong") are not answers; at most 16 adjacent boxes are read together. 2.3: "the answer is <value>"
+# after a box corrects it (not a question, a check or a hedge).
+GRADER_VERSION = "2.3"
 
 __all__ = [
     "GRADER_VERSION",

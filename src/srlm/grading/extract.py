@@ -212,8 +212,15 @@ def _after_phrase(text: str) -> tuple[str, int, bool] | None:
     answer = _first_math_or_sentence(rest)
     if not answer:
         return None
-    strong = last.group().lower().startswith("final") and (
-        _MATH_START.match(rest) is not None or len(_WORD.findall(answer)) <= 1)
+    # Strong enough to override an earlier box: "final answer: …" stating a short answer, or "the answer
+    # is" followed at once by a plain value ("…\\boxed{450}. Wait, … so the answer is 540."), not by a
+    # question ("is it a coincidence that the answer is 24?") or a check ("our answer: $10 \\cdot 901 = …$").
+    mathy = _MATH_START.match(rest) is not None
+    final = last.group().lower().startswith("final")
+    plain_value = (mathy and "is" in last.group().lower() and "=" not in answer and "\\equiv" not in answer
+                   and "?" not in answer and not rest[len(answer):len(answer) + 3].lstrip("$ ").startswith("?")
+                   and not _HEDGE.search(answer))
+    strong = plain_value or (final and (mathy or len(_WORD.findall(answer)) <= 1))
     if _looks_like_prose(answer, min_words=2):
         answer = _value_in_sentence(answer) or answer
     return answer, last.start(), strong
