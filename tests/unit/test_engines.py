@@ -262,3 +262,51 @@ def test_engine_registry_errors():
     except ImportError:
         with pytest.raises(UserError, match=r"needs vLLM: pip install 'srlm\[vllm\]'"):
             build_engine("vllm", EngineOptions(model="x"))
+
+
+class _FakeLLM:
+    """Records what VLLMEngine.load_weights asks of vLLM's `LLM`."""
+
+    def __init__(self):
+        self.calls = []
+
+    def collective_rpc(self, method, kwargs=None):
+        self.calls.append(("collective_rpc", method, list(kwargs["weights_iterator"]), kwargs["is_checkpoint_format"]))
+
+    def apply_model(self, fn):
+        class Model:
+            def load_weights(inner, weights):
+                self.calls.append(("load_weights", list(weights)))
+        return [fn(Model())]
+
+    def reset_prefix_cache(self):
+        self.calls.append(("reset_prefix_cache",))
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_vllm_weight_hand_over_uses_reload_weights_else_load_weights(in_place):
+    from srlm.engines.vllm import VLLMEngine
+
+    engine = object.__new__(VLLMEngine)  # no vLLM here: only the hand-over logic is under test
+    engine.llm, engine.reload_in_place = _FakeLLM(), in_place
+    weights = [("model.embed_tokens.weight", torch.ones(2, 2)), ("lm_head.weight", torch.zeros(2, 2))]
+    engine.load_weights(iter(weights))
+    first = engine.llm.calls[0]
+    if in_place:
+        assert first[:2] == ("collective_rpc", "reload_weights") and first[3] is True
+        assert [n for n, _ in first[2]] == [n for n, _ in weights]
+    else:
+        assert first[0] == "load_weights" and [n for n, _ in first[1]] == [n for n, _ in weights]
+    assert engine.llm.calls[-1] == ("reset_prefix_cache",)
+
+
+def test_vllm_cpu_defaults_size_the_kv_cache_and_turn_chunked_prefill_off():
+    from srlm.engines.vllm import engine_kwargs
+
+    cpu = engine_kwargs(cpu=True, gpu_memory_utilization=None, kv_cache_gb=None)
+    assert cpu["kv_cache_memory_bytes"] == 2 * 2**30 and cpu["enable_chunked_prefill"] is False
+    assert cpu["gpu_memory_utilization"] < 0.1  # a fraction of host RAM, checked against what is free
+    assert engine_kwargs(cpu=True, gpu_memory_utilization=None, kv_cache_gb=0.5)["kv_cache_memory_bytes"] == 2**29
+    gpu = engine_kwargs(cpu=False, gpu_memory_utilization=None, kv_cache_gb=None)
+    assert gpu == {"gpu_memory_utilization": 0.9}
+    assert engine_kwargs(cpu=False, gpu_memory_utilization=0.3, kv_cache_gb=None) == {"gpu_memory_utilization": 0.3}

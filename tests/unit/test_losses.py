@@ -141,3 +141,65 @@ def test_sft_loss_masks_prompt_and_normalises():
                 n += 1
     assert sft_loss(logits, labels).item() == pytest.approx(naive / n, rel=1e-5)
     assert sft_loss(logits, labels, normalizer=10).item() == pytest.approx(naive / 10, rel=1e-5)
+
+
+def naive_tis_grpo(logp, old, eng, adv, mask, ref, beta, cap):
+    """seq_mean GRPO with truncated importance sampling, as plain loops: each token's clipped term times
+    min(pi_old / pi_engine, cap); the KL penalty unweighted."""
+    B, T = logp.shape
+    total = 0.0
+    for i in range(B):
+        s, n = 0.0, 0
+        for t in range(T):
+            if mask[i, t] == 0:
+                continue
+            r = math.exp(logp[i, t] - old[i, t])
+            a = float(adv[i])
+            w = min(math.exp(old[i, t] - eng[i, t]), cap)
+            obj = w * min(r * a, min(max(r, 0.8), 1.2) * a)
+            d = float(ref[i, t] - logp[i, t])
+            obj -= beta * (math.exp(d) - d - 1)
+            s += -obj
+            n += 1
+        total += s / max(n, 1)
+    return total / B
+
+
+@pytest.mark.parametrize("cap", [0.5, 1.0, 2.0, 1e9])
+def test_truncated_importance_sampling_matches_naive_loop(cap):
+    for seed in range(3):
+        logp, old, adv, mask, ref = _random_batch(seed)
+        eng = old + 0.4 * torch.randn(old.shape, generator=torch.Generator().manual_seed(seed + 10), dtype=old.dtype)
+        loss, st = grpo_loss(logp, old, adv, mask, ref_logp=ref, beta=0.04, engine_logp=eng, tis_cap=cap)
+        assert loss.item() == pytest.approx(naive_tis_grpo(logp, old, eng, adv, mask, ref, 0.04, cap), rel=1e-10)
+        w = torch.exp(old - eng).clamp(max=cap)
+        assert st["tis_weight"].item() == pytest.approx(((w * mask).sum() / mask.sum()).item(), rel=1e-10)
+
+
+def test_truncated_importance_sampling_hand_values_and_gradient():
+    # one token: ratio 1 (logp = old), advantage 2, pi_old / pi_engine = e^0.5 ~ 1.6487, cap 1.5 -> weight 1.5
+    logp = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
+    old, eng = torch.zeros(1, 1, dtype=torch.float64), torch.full((1, 1), -0.5, dtype=torch.float64)
+    mask, adv = torch.ones(1, 1, dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64)
+    loss, st = grpo_loss(logp, old, adv, mask, engine_logp=eng, tis_cap=1.5)
+    assert loss.item() == pytest.approx(-3.0) and st["tis_weight"].item() == pytest.approx(1.5)
+    loss.backward()
+    assert logp.grad.item() == pytest.approx(-3.0)  # d/dlogp of -w * r * A at r = 1; no gradient through w
+    plain, _ = grpo_loss(torch.zeros(1, 1, dtype=torch.float64), old, adv, mask, engine_logp=eng, tis_cap=1.6)
+    assert plain.item() == pytest.approx(-3.2)
+    off, st_off = grpo_loss(torch.zeros(1, 1, dtype=torch.float64), old, adv, mask, engine_logp=eng)
+    assert off.item() == pytest.approx(-2.0) and "tis_weight" not in st_off  # off by default
+    with pytest.raises(ValueError, match="engine_logp"):
+        grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1), tis_cap=2.0)
+
+
+def test_rollout_mismatch_hand_values():
+    from srlm.train.losses import rollout_mismatch
+
+    old = torch.tensor([[-1.0, -2.0, -3.0]])
+    eng = torch.tensor([[-1.5, -2.0, -9.0]])  # the last token is padding
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    m = rollout_mismatch(old, eng, mask)
+    assert m["abs_logp_diff"].item() == pytest.approx(0.5)
+    d = 0.5  # old - eng at the first token; k3 = e^d - d - 1, 0 at the second
+    assert m["kl"].item() == pytest.approx(math.exp(d) - d - 1)

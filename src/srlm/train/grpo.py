@@ -35,7 +35,7 @@ from srlm.train.loop import (
     enable_gradient_checkpointing, init_distributed, load_resume_checkpoint, make_optimizer, make_scheduler,
     progress_bar, run_beside, save_resume_checkpoint, sum_gradients,
 )
-from srlm.train.losses import AGGREGATIONS, group_advantages, grpo_loss
+from srlm.train.losses import AGGREGATIONS, group_advantages, grpo_loss, rollout_mismatch
 from srlm.train.rollout_batch import completion_logprobs, pad_rollouts
 from srlm.train.sft import load_stage_records
 
@@ -217,6 +217,9 @@ def _check_config(cfg, d) -> None:
         raise UserError(f"grpo.reward_weights has {len(cfg.reward_weights)} entries for {len(cfg.rewards)} rewards")
     if cfg.aggregation not in AGGREGATIONS:
         raise UserError(f"grpo.aggregation: unknown {cfg.aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
+    if cfg.tis_cap is not None and cfg.engine == "hf":
+        raise UserError("grpo.tis_cap corrects for a sampling engine other than the policy; the hf engine samples "
+                        "with the policy itself: set grpo.engine: vllm, or tis_cap: null")
     if cfg.prompts_per_step % d.world:
         raise UserError(f"grpo.prompts_per_step ({cfg.prompts_per_step}) must divide evenly over {d.world} processes")
     minibatch = cfg.minibatch_size or cfg.prompts_per_step * cfg.group_size
@@ -357,10 +360,13 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
                     ref_logps[k] = reference(padded[k])
             logp, ent = policy()
         old = old_logps[k] if old_logps[k] is not None else logp.detach()
+        engine_logp = padded[k].engine_logp
         loss, st = grpo_loss(logp, old, advantages[chunks[k]].to(device), comp, ref_logp=ref_logps[k],
                              beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                              aggregation=cfg.aggregation, max_tokens=cfg.max_new_tokens,
-                             n_seqs=minibatch, n_tokens=n_tokens)
+                             n_seqs=minibatch, n_tokens=n_tokens, engine_logp=engine_logp, tis_cap=cfg.tis_cap)
+        if engine_logp is not None:  # sums over tokens, like the entropy's
+            st.update({f"mismatch_{n}": v for n, v in rollout_mismatch(old, engine_logp, comp).items()})
         return loss, st, float((ent.detach() * comp).sum())
 
     def half_with_gradients(k: int, n_tokens: float):
@@ -394,6 +400,11 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
                     totals["kl"] += float(st["kl"]) * here
                     totals["clip_fraction"] += float(st["clip_fraction"]) * here
                     totals["entropy"] += ent
+                    for name in ("mismatch_abs_logp_diff", "mismatch_kl"):
+                        if name in st:
+                            totals[name] = totals.get(name, 0.0) + float(st[name])
+                    if "tis_weight" in st:
+                        totals["tis_weight"] = totals.get("tis_weight", 0.0) + float(st["tis_weight"]) * here
             loss_total = all_reduce_sum(loss_total, d)
             if not math.isfinite(loss_total):
                 opt.zero_grad(set_to_none=True)  # never step on a non-finite loss
@@ -403,9 +414,15 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
             totals["loss"] += loss_total
             n_updates += 1
     n_tok = max(all_reduce_sum(n_tok, d), 1.0)
-    return {"loss": totals["loss"] / n_updates, "kl": all_reduce_sum(totals["kl"], d) / n_tok,
-            "clip_fraction": all_reduce_sum(totals["clip_fraction"], d) / n_tok,
-            "entropy": all_reduce_sum(totals["entropy"], d) / n_tok, "grad_norm": totals["grad_norm"] / n_updates}
+    out = {"loss": totals["loss"] / n_updates, "kl": all_reduce_sum(totals["kl"], d) / n_tok,
+           "clip_fraction": all_reduce_sum(totals["clip_fraction"], d) / n_tok,
+           "entropy": all_reduce_sum(totals["entropy"], d) / n_tok, "grad_norm": totals["grad_norm"] / n_updates}
+    # the sampling engine against pi_old, per token (logged when the engine reports log-probs: vllm)
+    for name, key in (("mismatch_abs_logp_diff", "mismatch/mean_abs_logp_diff"), ("mismatch_kl", "mismatch/kl"),
+                      ("tis_weight", "tis/weight_mean")):
+        if name in totals:
+            out[key] = all_reduce_sum(totals[name], d) / n_tok
+    return out
 
 
 def _draws_random_numbers(model) -> bool:

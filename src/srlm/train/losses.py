@@ -130,6 +130,8 @@ def grpo_loss(
     max_tokens: int | None = None,
     n_seqs: float | None = None,
     n_tokens: float | None = None,
+    engine_logp: torch.Tensor | None = None,
+    tis_cap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Negative of the paper's J(theta) (eq. 3), to minimise.
 
@@ -139,6 +141,11 @@ def grpo_loss(
     (Dr. GRPO's constant); `n_seqs`/`n_tokens` are the optimizer batch's counts when this call sees only a
     micro-batch of it (default: this call's own counts). Returns (loss, stats) with detached stats:
     clip fraction, mean KL and mean ratio over real tokens.
+
+    Truncated importance sampling (`tis_cap` C, with `engine_logp` [B, T]: the log-probs of the engine
+    that sampled the tokens, vLLM say): the tokens came from pi_engine, not pi_old, so each token's
+    clipped-ratio term is weighted by w = min(pi_old / pi_engine, C), detached (Yao et al. 2025, "Your
+    efficient RL framework secretly brings you off-policy RL training"). The KL penalty is not weighted.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
@@ -149,6 +156,12 @@ def grpo_loss(
     unclipped = ratio * adv  # [B, T]
     clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high) * adv  # [B, T]
     per_token = -torch.min(unclipped, clipped)  # [B, T]
+    tis_weight = None
+    if tis_cap is not None:
+        if engine_logp is None:
+            raise ValueError("tis_cap needs engine_logp")
+        tis_weight = truncated_is_weight(old_logp, engine_logp, tis_cap)  # [B, T]
+        per_token = tis_weight * per_token
     kl = None
     if beta != 0.0:
         if ref_logp is None:
@@ -168,7 +181,23 @@ def grpo_loss(
             "ratio_mean": (ratio * mask).sum() / n,
             "kl": (kl * mask).sum() / n if kl is not None else torch.zeros(()),
         }
+        if tis_weight is not None:
+            stats["tis_weight"] = (tis_weight * mask).sum() / n
     return loss, stats
+
+
+def truncated_is_weight(old_logp: torch.Tensor, engine_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """min(pi_old / pi_engine, cap) per token, without gradient. [B, T], [B, T] -> [B, T]."""
+    return torch.exp(old_logp.detach() - engine_logp).clamp(max=cap)
+
+
+def rollout_mismatch(old_logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How far the sampling engine's log-probs are from the trainer's pi_old on the sampled tokens, as
+    sums over real tokens (callers divide by their token count): |log pi_engine - log pi_old| and the k3
+    estimate of KL(pi_engine || pi_old) (the tokens were drawn from pi_engine). [B, T] x 3 -> scalars."""
+    mask = mask.to(old_logp.dtype)
+    return {"abs_logp_diff": ((engine_logp - old_logp).abs() * mask).sum(),
+            "kl": (kl_k3(engine_logp, old_logp) * mask).sum()}
 
 
 # ------------------------------------------------------------------------------- logit-level distillation

@@ -30,9 +30,12 @@ class RolloutBatch:
     completion_ids: torch.Tensor  # [B, Lc] right-padded
     completion_attn: torch.Tensor  # [B, Lc] 1 for real completion tokens
     loss_mask: torch.Tensor  # [B, Lc] float: completion tokens that count in the loss
+    # [B, Lc] the sampling engine's log-prob of each completion token, when every completion carries them
+    engine_logp: torch.Tensor | None = None
 
     def to(self, device) -> "RolloutBatch":
-        return RolloutBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        return RolloutBatch(*(None if (t := getattr(self, f)) is None else t.to(device)
+                              for f in self.__dataclass_fields__))
 
 
 def pad_rollouts(seqs, pad_id: int, mask_truncated: bool = False) -> RolloutBatch:
@@ -49,7 +52,12 @@ def pad_rollouts(seqs, pad_id: int, mask_truncated: bool = False) -> RolloutBatc
         attn[b, :n] = 1
         if not (mask_truncated and c.truncated):
             loss_mask[b, :n] = 1.0
-    return RolloutBatch(prompt_ids, prompt_mask, owner, comp, attn, loss_mask)
+    engine_logp = None
+    if all(c.logprobs is not None for _, c in seqs):
+        engine_logp = torch.zeros((len(seqs), lc))
+        for b, (_, c) in enumerate(seqs):
+            engine_logp[b, :len(c.logprobs)] = torch.tensor(c.logprobs, dtype=torch.float32)
+    return RolloutBatch(prompt_ids, prompt_mask, owner, comp, attn, loss_mask, engine_logp)
 
 
 def completion_logprobs(model, batch: RolloutBatch, temperature: float, use_bf16: bool = False,
