@@ -283,6 +283,17 @@ def count_units(cfg: RunConfig, names: list[str]) -> int:
     return len(prefixes) + evals + len(start_rows(cfg, names))
 
 
+def check_engines_available(cfg: RunConfig, names: list[str]) -> None:
+    """vLLM asked for (eval.engine, or a GRPO stage's engine) where it cannot run: one line before any stage
+    runs, not after hours of training."""
+    evaluates = any(cfg.pipelines[n].evaluate for n in names)
+    stages = [scfg for n in names for _, scfg in pipeline_stages(cfg, n)]
+    if (cfg.eval.engine == "vllm" and evaluates) or any(getattr(s, "engine", None) == "vllm" for s in stages):
+        from srlm.engines.vllm import require_vllm
+
+        require_vllm()
+
+
 def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None) -> list[PipelineResult]:
     """Every pipeline of the run (or those in `only`), then the report. A failure stops only its pipeline."""
     run_dir = Path(cfg.run_dir)
@@ -297,6 +308,7 @@ def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None
     for n in names:
         if n not in cfg.pipelines:
             raise UserError(f"no pipeline {n!r}; pipelines: {', '.join(cfg.pipelines)}")
+    check_engines_available(cfg, names)
     results = []
     token = run_progress.TRACKER.set(run_progress.RunProgress(count_units(cfg, names)))
     try:

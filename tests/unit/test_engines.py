@@ -310,3 +310,22 @@ def test_vllm_cpu_defaults_size_the_kv_cache_and_turn_chunked_prefill_off():
     gpu = engine_kwargs(cpu=False, gpu_memory_utilization=None, kv_cache_gb=None)
     assert gpu == {"gpu_memory_utilization": 0.9}
     assert engine_kwargs(cpu=False, gpu_memory_utilization=0.3, kv_cache_gb=None) == {"gpu_memory_utilization": 0.3}
+
+
+@pytest.mark.parametrize("override", ["eval.engine=vllm", "grpo.engine=vllm"])
+def test_srlm_run_without_vllm_fails_before_any_stage(tmp_path, capsys, override):
+    from pathlib import Path
+
+    from srlm.cli import main
+
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vLLM is installed here")
+    except ImportError:
+        pass
+    root = Path(__file__).resolve().parents[2]
+    code = main(["run", str(root / "configs" / "demo.yaml"), f"run_dir={tmp_path}", "--no-progress", override,
+                 "--only", "base_rl"])
+    err = capsys.readouterr().err
+    assert code != 0 and "needs vLLM" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "stages").exists()  # nothing trained
