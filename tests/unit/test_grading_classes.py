@@ -48,6 +48,13 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("The answer is $\\boxed{B \\text{ and } C}$.", "B", False),
         ("The answer is (B) or (C).", "B", False),
         ("The answer is $\\boxed{B}$.", "C", False),
+        # A letter picked in a sentence; letters ruled out or hedged do not count.
+        ("I think the correct answer is C", "C", True),
+        ("The answer is for sure D, it can't be A or B", "D", True),
+        ("The answer is for sure D, it can't be A or B", "A", False),
+        ("The answer: D, it does not make sense for it to be A", "D", True),
+        ("The answer is either B or C, I think", "B", False),
+        ("The answer is A good guess would be C", "A", False),
     ],
     "digit_inside_junk_word": [
         ("The answer is AZYUK2A.", "2", False),
@@ -185,6 +192,10 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("$\\boxed{10,00,000}$", "100000", False),
         ("$\\boxed{1,\\! 000}$", "100", False),
         ("$\\boxed{1, 2}$", "12", False),
+        # A decimal comma against a decimal gold.
+        ("The answer is 1,22", "1.22", True),
+        ("The answer is 0,111", "0.111", True),
+        ("The answer is 1,23", "1.22", False),
         ("Final Answer: The final answer is $14 {, }916$. I hope it is correct.", "14916", True),
         ("So there were 1 000 people at the fair.", "1000", True),
         ("So there were 1 000 people at the fair.", "1", False),

@@ -23,6 +23,7 @@ more significant digits may stand for an exact gold that is not a literal (``0.0
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -52,8 +53,13 @@ _EXACT_BENCHMARKS = ("math", "math500", "math_train", "hendrycks_math", "synthet
 _EXACT_BENCHMARK_WORDS = ("gsm8k", "aime", "amc")
 # "(B) 12", "B", "B) 12", "\\textbf{(B)}": a letter in parentheses, or a bare A–E standing alone (not
 # "A+B", "E'" or a word).
-_CHOICE_IN_TEXT = re.compile(r"^\(([A-Z])\)|^([A-E])(?:$|[).:](?:\s|$)|\s+(?=[\d(\\$-]))")
+_CHOICE_IN_TEXT = re.compile(r"^\(([A-Z])\)|^([A-E])(?:$|[).:,](?:\s|$)|\s+(?=[\d(\\$-]))")
+_DECIMAL_COMMA = re.compile(r"-?\d+,\d+")
 _PARENTHESISED_LETTER = re.compile(r"\(([A-Z])\)")
+_LETTER_IN_PROSE = re.compile(r"(?<![A-Za-z'\u2019])\(?([A-E])\)?(?![A-Za-z'\u2019+\-=^_])")
+_ARTICLE_AFTER = re.compile(r" (?!is\b|was\b|or\b|and\b|nor\b)[a-z]")
+_NEGATION_BEFORE = re.compile(r"(?:\bnot|n't|\bnever)\s+(?:be\s+)?(?:either\s+)?\(?$", re.IGNORECASE)
+_JOINED = re.compile(r"\)?\s*(?:,|or|and|nor)\s*\(?")
 _CHOICE_AND_VALUE = re.compile(r"(?:\\text\{\s*\(([A-E])\)\s*\}|\(([A-E])\)|([A-E])[.)])\s*(\S.*)")
 _NO_SOLUTION_WORDS = {"none", "nosolution", "nosolutions", "emptyset", "norealsolutions", "nosuchvalue"}
 
@@ -131,6 +137,10 @@ def compare(pred: str | None, gold: str | Gold, benchmark: str | None = None,
         if given is not None:
             return Verdict(given == letter, STRUCTURE)
         return compare(pred, value, symbolic_timeout=symbolic_timeout)
+    if _DECIMAL_COMMA.fullmatch(p_canon) and g.shape[0] == "scalar" and g.shape[1].decimal:
+        # `1,22` or `1000,99` against a decimal gold: a decimal comma (not thousands: the groups are not
+        # three digits, or it starts with 0).
+        p_norm = dataclasses.replace(p_norm, text=p_canon.replace(",", "."))
     ctx = _Context(g.tolerant, g.norm.percent, p_norm.percent, g.norm.degrees, p_norm.degrees)
     p_shape = parse_answer(p_norm.text)
     result = _match(g.shape, p_shape, ctx)
@@ -159,7 +169,27 @@ def _choice_letter(text: str) -> str | None:
     if len(set(_PARENTHESISED_LETTER.findall(flat))) > 1:
         return None  # "(B) or (C)": a hedge, not a choice
     m = _CHOICE_IN_TEXT.match(flat)
-    return (m.group(1) or m.group(2)) if m else None
+    if m:
+        return m.group(1) or m.group(2)
+    return _choice_in_prose(flat) if len(flat.split()) >= 3 else None
+
+
+def _choice_in_prose(text: str) -> str | None:
+    """The one letter a sentence picks ("for sure D, it can't be A or B" gives D): letters ruled out
+    ("not A", "can't be A or B") and the article "A" ("A good guess") do not count; two letters left
+    is a hedge (``None``)."""
+    picked: set[str] = set()
+    previous_end, previous_negated = -1, False
+    for m in _LETTER_IN_PROSE.finditer(text):
+        letter = m.group(1)
+        if letter == "A" and _ARTICLE_AFTER.match(text, m.end()):
+            continue  # "A good guess": the article
+        negated = _NEGATION_BEFORE.search(text, max(0, m.start() - 20), m.start()) is not None or (
+            previous_negated and _JOINED.fullmatch(text, previous_end, m.start()) is not None)
+        previous_end, previous_negated = m.end(), negated
+        if not negated:
+            picked.add(letter)
+    return picked.pop() if len(picked) == 1 else None
 
 
 # --- shapes ----------------------------------------------------------------------------------------
