@@ -205,7 +205,7 @@ def _matrix_sum(tokens: list[Token], depth: int) -> tuple | None:
     """``\\begin{pmatrix}1\\\\2\\end{pmatrix} + 2\\begin{pmatrix}3\\\\4\\end{pmatrix}``: a sum of matrices
     (each with an optional numeric factor) is the matrix of the summed cells, left unevaluated as
     cell expressions."""
-    if not any(t.kind == "begin" for t in tokens) or not any(t == Token("op", "+") or t == Token("op", "-") for t in tokens):
+    if not any(t.kind == "begin" for t in tokens) or not any(t in (Token("op", "+"), Token("op", "-")) for t in tokens):
         return None
     terms: list[tuple[int, list[Token]]] = []
     sign, current, depth_env = 1, [], 0
@@ -445,7 +445,9 @@ def _scalar(tokens: list[Token], unit: str | None) -> Scalar:
         tree, failure = None, "too_large"
     except ParseError:
         tree, failure = None, "syntax"
-    scientific = last_digit is not None and (len(tokens) > 2 or any("e" in t.value.lower() for t in tokens if t.kind == "num"))
+    # `a \times 10^{k}` (more than a sign and a literal) or an e-exponent
+    scientific = last_digit is not None and (
+        len(tokens) > 2 or any("e" in t.value.lower() for t in tokens if t.kind == "num"))
     return Scalar(text=text, tree=tree, failure=failure, unit=unit, last_digit=last_digit, decimal=decimal,
                   significant_digits=significant, scientific=scientific)
 

@@ -81,7 +81,8 @@ def explain(response: str, gold: str, benchmark: str | None = None) -> list[str]
         else:
             lines.append("boxes: none (empty boxes are skipped)")
         phrase = _after_phrase(span)
-        lines.append(f"answer phrase: {_show(phrase[0]) + (' (final answer)' if phrase[2] else '') if phrase else 'none'}")
+        shown = (_show(phrase[0]) + (" (strong: overrides an earlier box)" if phrase[2] else "")) if phrase else "none"
+        lines.append(f"answer phrase: {shown}")
         mark = _after_gsm8k_mark(span)
         lines.append(f"#### line: {_show(mark[0]) if mark else 'none'}")
         lines.append(f"last number: {_show(last_number(span))}; as a committed answer: "

@@ -59,7 +59,6 @@ _INLINE_MATH = re.compile(r"\$([^$]{1,200})\$|\\\((.{1,200}?)\\\)")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 _LATEX_WORDS = re.compile(r"\\[A-Za-z]+|\\text\{[^{}]*\}")
 _BARE_BOX_TOKEN = re.compile(r"[^\s$,;]+")
-_PLAIN_WORD = re.compile(r"[A-Za-z]{2,}")
 # An answer spread over more boxes than this is a runaway repetition, not one answer: its last box counts.
 _MAX_BOXES_READ_TOGETHER = 16
 _TRAILING_PUNCT = re.compile(r"[.,;:!?]+$")
@@ -69,8 +68,8 @@ _REFERENCE_BEFORE = re.compile(
     r"\b(?:the|these|those|page|pages|step|steps|line|lines|chapter|section|part|case|problem|question|"
     r"exercise|equation|figure|table|note|notes|item|option|rule)\s{1,3}$", re.IGNORECASE)
 # A value ruled out rather than stated: "not 6", "instead of 6", "6 is wrong".
-_NEGATED_BEFORE = re.compile(r"\b(?:not|never|instead of|rather than|except|excluding|isn'?t|wasn'?t)\s{0,3}\$?\s{0,2}$",
-                             re.IGNORECASE)
+_NEGATED_BEFORE = re.compile(
+    r"\b(?:not|never|instead of|rather than|except|excluding|isn'?t|wasn'?t)\s{0,3}\$?\s{0,2}$", re.IGNORECASE)
 _WRONG_AFTER = re.compile(r"\$?\s{0,3}(?:is|was)\s{1,3}(?:wrong|incorrect|not\b)", re.IGNORECASE)
 # Words that disclaim an answer.
 _HEDGE = re.compile(r"\b(?:no idea|not sure|don'?t know|do not know|cannot (?:be )?determine|can'?t determine|"
@@ -169,7 +168,7 @@ def boxes(text: str) -> list[tuple[str, int, int]]:
             continue
         if j > after and j < len(text):
             m = _BARE_BOX_TOKEN.match(text, j)
-            if m and not _PLAIN_WORD.fullmatch(m.group(0).rstrip(".")):
+            if m and not _WORD.fullmatch(m.group(0).rstrip(".")):
                 found.append((m.group(0), begin, m.end()))
     return found
 
@@ -307,9 +306,9 @@ def last_number(text: str, committed: bool = False) -> str | None:
 
 
 def _is_committed(text: str, start: int, end: int) -> bool:
-    """Whether the number at ``text[start:end]`` is stated as a result: not disclaimed in its sentence or
-    after it ("I have no idea, page 2"), not pointed at ("the 15 books", "page 2"), not in a restated question ("How many of
-    the 15 books…?", "Find $x$ if $xy = 15$.")."""
+    """Whether the number at ``text[start:end]`` is stated as a result: not disclaimed in its sentence
+    or after it ("I have no idea, page 2"), not pointed at ("the 15 books", "page 2"), not ruled out
+    ("not 6"), not in a restated question ("How many of the 15 books…?", "Find $x$ if $xy = 15$.")."""
     sentence_start = max(text.rfind(". ", 0, start), text.rfind("\n", 0, start)) + 1
     if _HEDGE.search(text, sentence_start):
         return False
@@ -338,7 +337,7 @@ def _latex_word(text: str, start: int, end: int) -> str | None:
     return word if word.count("{") == word.count("}") else None
 
 
-def _from_span(text: str, committed: bool = False) -> Extraction:
+def _from_span(text: str) -> Extraction:
     """Apply box, phrase, GSM8K marker and last-number rules to ``text``."""
     box = boxed_answer(text)
     phrase = _after_phrase(text)
