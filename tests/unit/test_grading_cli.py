@@ -27,6 +27,7 @@ def test_grade_writes_one_verdict_per_line(tmp_path, capsys):
     assert [r["method"] for r in rows] == ["boxed", "gsm8k", "none"]
     assert rows[2]["extracted"] is None
     assert "n=3" in err and "accuracy=0.3333" in err and "extraction_failures=1" in err
+    assert "by_method(n@accuracy): boxed=1@1.00 gsm8k=1@0.00 none=1@0.00" in err
 
 
 def test_grade_custom_fields(tmp_path, capsys):

@@ -4,8 +4,8 @@
 
 Writes one JSON object per input line to stdout, in order: ``correct``, ``extracted``, ``method``
 (the extraction rule that fired) and ``format_ok``. A summary goes to stderr. The whole file is read
-and checked before any grading, so a malformed line fails fast with its file and line number. With
-``--explain``, each line's verdict is printed as text instead: the extraction steps (think block, answer
+and checked before any grading, so a malformed line fails fast with its file and line number. The
+summary gives the accuracy of each extraction rule (``by_method``). With ``--explain``, each line's verdict is printed as text instead: the extraction steps (think block, answer
 tags, boxes, answer phrase, ``####`` line, last number, the rule that fired) and the comparison that
 decided.
 """
@@ -76,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
     pairs = read_pairs(Path(args.file), args.response_field, args.gold_field)
     start = time.perf_counter()
     correct = failures = 0
+    verdicts = []
     out = sys.stdout
     for number, (response, gold) in enumerate(pairs, 1):
         result = grade(response, gold, args.benchmark)
+        verdicts.append({"method": result.method, "correct": result.correct})
         correct += result.correct
         failures += result.extracted is None
         if args.explain:
@@ -97,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     n = len(pairs)
     accuracy = correct / n if n else 0.0
+    from srlm.grading.audit import accuracy_by_method
+
+    by_method = " ".join(f"{m}={v['n']}@{v['accuracy']:.2f}" for m, v in accuracy_by_method(verdicts).items())
     print(f"graded n={n} accuracy={accuracy:.4f} ({correct}/{n}) extraction_failures={failures} "
-          f"time={elapsed:.2f}s", file=sys.stderr)
+          f"time={elapsed:.2f}s by_method(n@accuracy): {by_method or '-'}", file=sys.stderr)
     return 0
