@@ -81,3 +81,15 @@ def test_units_longer_than_the_window_share_are_not_seen():
     unit = "".join(chr(0x4E00 + i) for i in range(3000))  # 3,000 distinct characters, repeated 4 times
     assert tail_loop(unit * 4, window=8192) is None  # only 8192 / 4 = 2048-element units fit
     assert tail_loop(unit * 4, window=12000).period == 3000
+
+
+def test_a_real_models_loop():
+    # SmolLM2-135M-Instruct on a MATH-500 problem (lighteval prompt, temperature 0.6): it varied the
+    # sentence twice, then repeated it until it emitted EOS. The loop starts at the first exact copy.
+    unit = ("\n\nThis is the sum of $n$ terms of the cubic polynomial of degree $n$ that is a cubic polynomial "
+            "of degree $n$.")
+    varied = ("This is the sum of $n$ terms of the cubic polynomial of degree $n-1$ that is a cubic polynomial of "
+              "degree $n-1$ that is a cubic polynomial of degree $n$ that is a cubic polynomial of degree $n$.")
+    loop = tail_loop(varied + unit * 5)
+    assert loop is not None and loop.period == len(unit) and loop.span >= 5 * len(unit)
+    assert tail_loop(varied + unit * 3) is None  # three copies are not yet a loop
