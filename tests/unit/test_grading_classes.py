@@ -76,6 +76,12 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("$\\boxed{20.38}$", "20.39", False),
         ("$\\boxed{4.46 \\times 10^{33}}$", "4.5e33", True),
         ("$\\boxed{4.44 \\times 10^{33}}$", "4.5e33", False),
+        # An exact irrational answer rounds to a rounded gold; a short decimal never stands for one.
+        ("$\\boxed{\\frac{\\sqrt{3}}{2}}$", "0.866", True),
+        ("$\\boxed{2\\pi}$", "6.28", True),
+        ("$\\boxed{\\frac{\\sqrt{2}}{2}}$", "0.866", False),
+        ("$\\boxed{6.28}$", "2\\pi", False),
+        ("$\\boxed{2\\sqrt{5}}$", "4.5", False),
     ],
     "fallback_restates_the_question": [
         ("So he needs 4 books to remove the 15 books.", "15", False),

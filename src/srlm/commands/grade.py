@@ -5,9 +5,9 @@
 Writes one JSON object per input line to stdout, in order: ``correct``, ``extracted``, ``method``
 (the extraction rule that fired) and ``format_ok``. A summary goes to stderr. The whole file is read
 and checked before any grading, so a malformed line fails fast with its file and line number. The
-summary gives the accuracy of each extraction rule (``by_method``). With ``--explain``, each line's verdict is printed as text instead: the extraction steps (think block, answer
-tags, boxes, answer phrase, ``####`` line, last number, the rule that fired) and the comparison that
-decided.
+summary gives the accuracy of each extraction rule (``by_method``). With ``--explain``, each line's
+verdict is printed as text instead: the extraction steps (think block, answer tags, boxes, answer
+phrase, ``####`` line, last number, the rule that fired) and the comparison that decided.
 """
 
 from __future__ import annotations

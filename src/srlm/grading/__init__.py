@@ -15,8 +15,9 @@ from srlm.grading.rewards import REWARDS, combine_rewards, get_reward
 # questions commit to nothing, chained and lettered ("C. x = 42") golds. 2.2: values ruled out ("not 6",
 # "6 is wrong") are not answers; at most 16 adjacent boxes are read together. 2.3: "the answer is <value>"
 # after a box corrects it (not a question, a check or a hedge). 2.4: the one letter a sentence picks for a
-# choice gold; a decimal comma against a decimal gold.
-GRADER_VERSION = "2.4"
+# choice gold; a decimal comma against a decimal gold. 2.5: an exact irrational answer rounds to a rounded
+# gold (`\frac{\sqrt3}{2}` for `0.866`).
+GRADER_VERSION = "2.5"
 
 __all__ = [
     "GRADER_VERSION",

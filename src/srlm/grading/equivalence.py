@@ -13,10 +13,10 @@ Tiers, cheapest first; the first that can decide does:
 Numbers are compared exactly as rationals (``1/2`` = ``0.5``, ``3`` = ``3.0``). A gold in scientific
 notation or a decimal of three or more significant digits is treated as rounded (Minerva's
 ``4.5e33``, ``20.39``): a response written with *more* digits, or an exact fraction, matches when it
-rounds to the gold at the gold's own precision (half a unit of its last digit). A short decimal gold
-(``7.2``) is exact, a response with as few digits as the gold must match exactly, and an irrational
-response never gets the tolerance (``2\\pi`` is not ``6.28``). Benchmarks whose golds are exact
-(GSM8K, MATH, AIME, AMC) get no rounding tolerance. The other way round, a response decimal of six or
+rounds to the gold at the gold's own precision (half a unit of its last digit; an exact irrational
+answer too: ``2\\pi`` for a gold ``6.28``). A short decimal gold (``7.2``) is exact, and a response
+with as few digits as the gold must match exactly (``6.28`` is not the gold ``2\\pi``). Benchmarks whose
+golds are exact (GSM8K, MATH, AIME, AMC) get no rounding tolerance. The other way round, a response decimal of six or
 more significant digits may stand for an exact gold that is not a literal (``0.0833333333`` for
 ``\\frac{1}{12}``, ``0.8660254`` for ``\\frac{\\sqrt3}{2}``) within one unit of its last digit.
 """
@@ -653,10 +653,14 @@ def _values_equal(g: Scalar, p: Scalar, scale: Fraction, ctx: _Context) -> bool:
             b = b * 180 / math.pi
         if ctx.pred_degrees and contains(g.tree, "pi") and not contains(p.tree, "pi"):
             b = b * math.pi / 180
-        # Irrational values never get the rounding tolerance: `4.5` is not `2\sqrt{5}` (4.47…);
-        # only a long decimal may stand for one (see `_long_decimal`).
-        if _long_decimal(g, p) and not a.imag and not b.imag:
-            return abs(a.real - b.real) <= 10.0 ** p.last_digit * float(scale) * (1 + 1e-9)
+        # A short decimal never stands for an irrational value (`4.47` is not `2\sqrt{5}`); a long one may
+        # (see `_long_decimal`); an exact irrational answer rounds to a rounded gold (`\frac{\sqrt3}{2}`
+        # for Minerva's `0.866`).
+        if not a.imag and not b.imag:
+            if _long_decimal(g, p):
+                return abs(a.real - b.real) <= 10.0 ** p.last_digit * float(scale) * (1 + 1e-9)
+            if _rounded(g, p, ctx):
+                return abs(a.real - b.real) <= 0.5 * 10.0 ** g.last_digit * (1 + 1e-9)
         return close(a, b)
     if _same_function(g.tree, p.tree, float(scale)):
         return True
