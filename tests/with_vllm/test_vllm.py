@@ -144,6 +144,11 @@ def test_cpu_engine_runs_without_chunked_prefill(engine):
     config = engine.llm.llm_engine.vllm_config
     assert config.scheduler_config.enable_chunked_prefill is False
     assert config.cache_config.kv_cache_memory_bytes == int(KV_CACHE_GB * 2**30)
+    # seeded requests whose prompts together pass 4,096 tokens: what crashed vLLM 0.32's CPU runner with
+    # chunked prefill on ("CPU Generator does not use offset")
+    long_prompts = [[5 + (7 * i + j) % 200 for j in range(600)] for i in range(8)]  # 4,800 prompt tokens
+    out = engine.generate(long_prompts, SamplingParams(max_new_tokens=4, temperature=1.0, seed=3))
+    assert [len(g[0].token_ids) for g in out] == [4] * 8
 
 
 def _free_port() -> int:
