@@ -340,6 +340,8 @@ class RunConfig(Strict):
     data_path: str | None = Field(
         None, description="Where datasets without their own `path` load from (DIR/NAME/SPLIT.jsonl); sets "
                           "SRLM_DATA_PATH for the run. Not part of stage keys: moving the data keeps finished stages.")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; default: the cores free when the run starts (`--threads`).")
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)

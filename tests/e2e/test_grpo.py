@@ -247,9 +247,9 @@ def test_lean_forward_serves_every_training_pass_and_gives_the_transformers_upda
     calls = []
     lean_logits = rollout_batch.lean_completion_logits
 
-    def counting(model, batch):
+    def counting(model, batch, **kwargs):
         calls.append(torch.is_grad_enabled())
-        return lean_logits(model, batch)
+        return lean_logits(model, batch, **kwargs)
 
     monkeypatch.setattr(rollout_batch, "lean_completion_logits", counting)
     seqs, adv = _random_rollouts(4)

@@ -130,6 +130,32 @@ def test_sample_next_inverse_cdf_follows_the_distribution():
     assert sample_next(logits[:2], 0.0, 1.0, None).tolist() == [0, 0]
 
 
+def _sorted_top_p_reference(logits, temperature, top_p, uniforms):
+    """Nucleus sampling by sorting the whole vocabulary (the plain rule the engine must reproduce)."""
+    probs, order = torch.softmax(logits / temperature, dim=-1).sort(dim=-1, descending=True)
+    probs = probs.masked_fill((probs.cumsum(dim=-1) - probs) >= top_p, 0.0)
+    cdf = probs.double().cumsum(dim=-1)
+    pick = torch.searchsorted(cdf, uniforms[:, None] * cdf[:, -1:], right=True).clamp(max=cdf.shape[-1] - 1)
+    return order.gather(-1, pick).squeeze(-1), probs.scatter(-1, order, probs)
+
+
+@pytest.mark.parametrize("first_k", [4, 64, 5000])  # widened several times, once, never (k past V)
+def test_top_p_without_a_sort_is_the_sorted_rule(first_k):
+    from srlm.engines import hf
+
+    g = torch.Generator().manual_seed(0)
+    # peaked rows (small nucleus) and flat rows (a nucleus of most of the vocabulary) in one batch
+    logits = torch.cat([torch.randn(6, 3000, generator=g) * 6, torch.randn(6, 3000, generator=g) * 0.3])
+    for top_p, temperature in ((0.95, 0.6), (0.5, 1.0), (0.999, 1.3)):
+        kept, ids = hf.nucleus(torch.softmax(logits / temperature, dim=-1), top_p, k=first_k)
+        _, want = _sorted_top_p_reference(logits, temperature, top_p, torch.zeros(len(logits), dtype=torch.float64))
+        got = torch.zeros_like(want).scatter(-1, ids, kept)
+        torch.testing.assert_close(got, want, atol=0, rtol=0)  # the same kept tokens with the same mass
+        uniforms = torch.rand(len(logits), generator=g, dtype=torch.float64)
+        ref_tokens, _ = _sorted_top_p_reference(logits, temperature, top_p, uniforms)
+        assert torch.equal(hf.sample_next(logits, temperature, top_p, uniforms), ref_tokens)
+
+
 # --------------------------------------------------------------------------------------------- openai
 
 

@@ -233,3 +233,45 @@ def test_lean_follows_a_position_dependent_rotary_scaling():
             got = lean(nxt, mask, pos, cache)
             want = model(input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=hf_cache).logits[:, -1]
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_is_sized_from_the_request_not_doubled():
+    layer = LeanLayerCache(reserve=10)
+    k = torch.randn(2, 1, 7, 4)  # a 7-token prefill
+    layer.append(k, k)
+    buffer = layer._k
+    assert buffer.shape[2] == 7 + 10  # the prompt and every token the request may add, nothing more
+    for _ in range(10):
+        step = torch.randn(2, 1, 1, 4)
+        keys, _ = layer.append(step, step)
+    assert layer._k is buffer and keys.shape[2] == 17  # filled in place: never re-allocated
+    torch.testing.assert_close(keys[:, :, :7], k)
+    unsized = LeanLayerCache()
+    unsized.append(k, k)
+    assert unsized._k.shape[2] == 7 + 64  # without a request size: the doubling rule
+
+
+def test_engine_reserves_the_requests_new_tokens(monkeypatch):
+    from srlm.engines.base import SamplingParams
+    from srlm.engines.hf import HFEngine
+
+    model = _model("qwen2")
+    reserves = []
+    real = LeanForward.new_cache
+
+    def recording(self, reserve=None):
+        reserves.append(reserve)
+        return real(self, reserve)
+
+    monkeypatch.setattr(LeanForward, "new_cache", recording)
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+        def decode(self, ids, skip_special_tokens=True):
+            return ""
+
+    engine = HFEngine(model, Tok(), batch_size=4)
+    out = engine.generate([[5, 6, 7], [8, 9]], SamplingParams(max_new_tokens=6, temperature=0.0, n=2))
+    assert reserves and set(reserves) == {6}
+    assert all(len(c.token_ids) == 6 for group in out for c in group)

@@ -74,6 +74,7 @@ def register(sub) -> None:
     p.add_argument("--concurrency", type=int, default=e.concurrency,
                    help=f"openai engine: requests in flight (default {e.concurrency})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (neither srlm's nor transformers')")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the cores free at start)")
     p.set_defaults(func=run)
 
 
@@ -148,9 +149,11 @@ def summary_table(summary: dict) -> str:
 
 def run(args) -> int:
     from srlm.engines import EngineOptions, build_engine
+    from srlm.cpu import apply_threads
     from srlm.errors import UserError
     from srlm.evaluate import evaluate, settings_conflicts, settings_stamp, world
 
+    apply_threads(args.threads)
     cfg = build_config(args)
     out = Path(args.out) if args.out else default_out(args.model)
     if not args.overwrite:  # the same check evaluate() makes, before spending time on loading the model

@@ -12,13 +12,16 @@ def register(sub) -> None:
     p.add_argument("--only", help="comma-separated pipeline names to run (default: all)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (neither srlm's nor transformers'); the one-line stage progress stays")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: config `threads`, else the free cores)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from srlm.config import load_config
+    from srlm.cpu import apply_threads
 
     cfg = load_config(args.config, args.overrides)
+    apply_threads(args.threads or cfg.threads)
     only = args.only.split(",") if args.only else None
     return execute(cfg, progress=not args.no_progress, only=only)
 

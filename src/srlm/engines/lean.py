@@ -50,12 +50,18 @@ def lean_unsupported(model) -> str | None:
 class LeanLayerCache:
     """Keys and values of one layer, [B, Hkv, W, D], in a buffer with spare columns so that appending a
     token writes in place instead of copying the whole cache. `keys` / `values` are views of the filled
-    part; assigning them (the engine's merge and trim) replaces the buffer."""
+    part; assigning them (the engine's merge and trim) replaces the buffer.
 
-    def __init__(self):
+    `reserve` is how many more columns the request can append (its `max_new_tokens`): a buffer is sized
+    for them when it is made (at most `RESERVE_STEP` at a time), so a request's cache is allocated once
+    at the size it needs. Without it the buffer doubles as it fills (amortised O(1) copies, but up to
+    twice the memory)."""
+
+    def __init__(self, reserve: int | None = None):
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
         self.width = 0
+        self.reserve = reserve
 
     @property
     def is_initialized(self) -> bool:
@@ -77,12 +83,17 @@ class LeanLayerCache:
     def values(self, value: torch.Tensor) -> None:
         self._v = value
 
+    def capacity_for(self, needed: int) -> int:
+        """Columns of a new buffer that must hold `needed` columns now."""
+        if self.reserve is None:
+            return needed + max(64, self.width)  # doubling
+        return needed + min(self.reserve, RESERVE_STEP)
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add S new columns (k, v: [B, Hkv, S, D]); the filled keys and values after them."""
         s = k.shape[2]
         if self._k is None or self.width + s > self._k.shape[2]:
-            capacity = self.width + s + max(64, self.width)  # doubling: amortised O(1) copies per token
-            shape = (k.shape[0], k.shape[1], capacity, k.shape[3])
+            shape = (k.shape[0], k.shape[1], self.capacity_for(self.width + s), k.shape[3])
             new_k, new_v = k.new_empty(shape), v.new_empty(shape)
             if self._k is not None:
                 new_k[:, :, :self.width] = self.keys
@@ -94,11 +105,16 @@ class LeanLayerCache:
         return self.keys, self.values
 
 
+# The most spare columns a cache buffer gets at once: a request for 32k new tokens does not reserve 32k
+# columns for every row up front (most responses stop long before); it grows by this much when it fills.
+RESERVE_STEP = 512
+
+
 class LeanCache:
     """A KV cache for `LeanForward`, with the parts of transformers' cache API the engine uses."""
 
-    def __init__(self, n_layers: int):
-        self.layers = [LeanLayerCache() for _ in range(n_layers)]
+    def __init__(self, n_layers: int, reserve: int | None = None):
+        self.layers = [LeanLayerCache(reserve) for _ in range(n_layers)]
 
     def batch_select_indices(self, idx: torch.Tensor) -> None:
         # index_select, not x[idx]: the advanced-indexing kernel took 6x longer on these [B, H, W, D] buffers
@@ -181,8 +197,9 @@ class LeanForward:
                                              for k in ("qkv", "o", "gate_up", "down")]
         self._steps_since_pack = REPACK_EVERY
 
-    def new_cache(self) -> LeanCache:
-        return LeanCache(len(self.layers))
+    def new_cache(self, reserve: int | None = None) -> LeanCache:
+        """An empty cache; `reserve`: the most tokens a request will append after its prompt."""
+        return LeanCache(len(self.layers), reserve)
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: LeanCache):

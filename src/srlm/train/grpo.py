@@ -14,6 +14,7 @@ import copy
 import math
 import random
 import shutil
+import sys
 import time
 from collections import deque
 from contextlib import nullcontext
@@ -27,6 +28,7 @@ from srlm.data.prompts import render_prompt, stop_token_ids
 from srlm.engines.base import SamplingParams
 from srlm.engines import EngineOptions, build_engine, close_engine
 from srlm.errors import UserError
+from srlm.memory import describe_estimate, training_estimate
 from srlm.grading.rewards import REWARDS
 from srlm.grading import grade
 from srlm.models import apply_lora, hf_weights, is_peft, load_model, save_model
@@ -124,6 +126,12 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
                               stop_token_ids=tuple(stop_token_ids(tok)), stop_strings=tuple(cfg.stop))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
+    if d.main:
+        rows = min(cfg.micro_batch_size, cfg.prompts_per_step * cfg.group_size)
+        tokens = rows * (max(map(len, prompt_ids)) + cfg.max_new_tokens)
+        print(describe_estimate("grpo", training_estimate(model, tokens, int(ref_model is not None),
+                                                          cfg.gradient_checkpointing), tokens),
+              file=sys.stderr, flush=True)
     opt = make_optimizer(model, cfg)
     batch_seqs = cfg.prompts_per_step * cfg.group_size
     minibatch = cfg.minibatch_size or batch_seqs

@@ -25,8 +25,11 @@ from srlm.data.collate import IGNORE_INDEX, TokenizedExample, filter_by_length, 
 from srlm.data.prompts import completion_end, render_prompt, stop_token_ids
 from srlm.errors import UserError
 from srlm.models import apply_lora, load_model
-from srlm.train.losses import kd_loss
-from srlm.train.sft import completion_for, load_stage_records, loss_positions, selected_logits, train_supervised
+from srlm.train.losses import kd_loss, linear_kd_loss
+from srlm.train.output_layer import plain_head
+from srlm.train.sft import (
+    completion_for, load_stage_records, loss_positions, selected_hidden, selected_logits, train_supervised,
+)
 
 
 @dataclass
@@ -77,6 +80,12 @@ def make_kd_loss(teacher, cfg, width: int):
 
     def step_loss(model, batch: dict, normalizer: float):
         keep, targets = loss_positions(batch["labels"])  # [B, T], [N]
+        heads = plain_head(model), plain_head(teacher)
+        if None not in heads:  # the output layers in chunks of positions: never [N, V] logits at once
+            with torch.no_grad():
+                teacher_hidden = selected_hidden(teacher, batch, keep)  # [N, Et]
+            return linear_kd_loss(selected_hidden(model, batch, keep), heads[0], teacher_hidden, heads[1], width,
+                                  targets, cfg.divergence, cfg.beta, cfg.temperature, cfg.ce_weight, normalizer)
         student = selected_logits(model, batch, keep)[:, :width]  # [N, V]
         with torch.no_grad():
             teacher_logits = selected_logits(teacher, batch, keep)[:, :width]  # [N, V]

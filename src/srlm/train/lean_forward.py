@@ -40,9 +40,10 @@ def lean_training_unsupported(model, use_bf16: bool) -> str | None:
     return None
 
 
-def lean_completion_logits(model, batch) -> torch.Tensor:
+def lean_completion_logits(model, batch, hidden_only: bool = False) -> torch.Tensor:
     """Logits predicting each completion token [B, Lc, V], as `rollout_batch._shared_prefix_logits`
-    computes them: each distinct prompt once, every completion attending to its prompt's keys."""
+    computes them: each distinct prompt once, every completion attending to its prompt's keys. With
+    `hidden_only`, the final-norm hidden states [B, Lc, E] that the output layer would turn into them."""
     inner = model.model
     prompt_mask = batch.prompt_mask.bool()  # [P, Lp]
     n_prompts, lp = batch.prompt_ids.shape
@@ -111,6 +112,6 @@ def lean_completion_logits(model, batch) -> torch.Tensor:
     # the prompt's last position predicts completion token 0; completion position j predicts token j+1
     last = x[:n_head].view(n_prompts, lp, -1)[:, -1]  # [P, E]
     rows = torch.cat([last[owner][:, None], x[n_head:].view(n_rows, t, -1)], dim=1)  # [B, Lc, E]
-    rows = F.rms_norm(rows, rows.shape[-1:], inner.norm.weight, _eps(inner.norm))
-    return F.linear(rows, model.lm_head.weight, model.lm_head.bias)  # [B, Lc, V]
+    rows = F.rms_norm(rows, rows.shape[-1:], inner.norm.weight, _eps(inner.norm))  # [B, Lc, E]
+    return rows if hidden_only else F.linear(rows, model.lm_head.weight, model.lm_head.bias)  # [B, Lc, V]
 

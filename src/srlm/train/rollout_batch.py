@@ -19,7 +19,8 @@ from srlm.data.collate import distinct_left_padded
 from srlm.hf_compat import cache_kwargs, output_cache
 from srlm.train.lean_forward import lean_completion_logits, lean_training_unsupported
 from srlm.train.loop import is_checkpointing
-from srlm.train.losses import token_entropy, token_logprobs
+from srlm.train.losses import linear_token_logprobs, token_entropy, token_logprobs
+from srlm.train.output_layer import decoder, plain_head
 
 
 @dataclass
@@ -68,29 +69,37 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float, use_bf16
     Models that cannot carry a prompt cache into a training forward (gradient checkpointing turns the
     cache off) run the full sequences instead: same numbers, more work. With `lean`, models that
     `train/lean_forward.py` covers go through it (same function, fewer ops, float rounding aside).
+    Where the output layer is a plain linear map (`plain_head`) it runs in chunks of positions
+    (`losses.linear_token_logprobs`): the [B, Lc, V] logits never exist at once.
     """
     device = batch.prompt_ids.device
     t = temperature if temperature > 0 else 1.0
+    head = plain_head(model)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     with autocast:
         if is_checkpointing(model):
-            logits = _full_sequence_logits(model, batch)
+            out = _full_sequence_logits(model, batch, head is not None)
         elif lean and batch.completion_ids.shape[1] > 1 and lean_training_unsupported(model, use_bf16) is None:
-            logits = lean_completion_logits(model, batch)  # [B, Lc, V]
+            out = lean_completion_logits(model, batch, hidden_only=head is not None)  # [B, Lc, V or E]
         else:
-            logits = _shared_prefix_logits(model, batch)  # [B, Lc, V]
-    logp = token_logprobs(logits, batch.completion_ids, temperature=t)  # [B, Lc]
-    ent = token_entropy(logits.detach(), temperature=t) if with_entropy else None
+            out = _shared_prefix_logits(model, batch, head is not None)  # [B, Lc, V or E]
+    if head is not None:
+        return linear_token_logprobs(out, *head, batch.completion_ids, temperature=t, with_entropy=with_entropy)
+    logp = token_logprobs(out, batch.completion_ids, temperature=t)  # [B, Lc]
+    ent = token_entropy(out.detach(), temperature=t) if with_entropy else None
     return logp, ent
 
 
-def _shared_prefix_logits(model, batch: RolloutBatch) -> torch.Tensor:
-    """Logits predicting each completion token [B, Lc, V]: prompts once, then completions on their cache."""
+def _shared_prefix_logits(model, batch: RolloutBatch, hidden_only: bool = False) -> torch.Tensor:
+    """Logits predicting each completion token [B, Lc, V]: prompts once, then completions on their cache.
+    With `hidden_only`, the last hidden states [B, Lc, E] that the output layer would turn into them."""
+    run = decoder(model) if hidden_only else model
+    pick = (lambda out: out.last_hidden_state) if hidden_only else (lambda out: out.logits)  # noqa: E731
     prompt_len = batch.prompt_mask.sum(dim=1)  # [P]
     prompt_pos = (batch.prompt_mask.cumsum(-1) - 1).clamp(min=0)  # [P, Lp]
-    head = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=prompt_pos,
-                 use_cache=True, logits_to_keep=1)
-    first = head.logits[batch.owner][:, -1:]  # [B, 1, V]: the prompt's last position predicts token 0
+    head = run(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=prompt_pos,
+               use_cache=True, **({} if hidden_only else {"logits_to_keep": 1}))
+    first = pick(head)[batch.owner][:, -1:]  # [B, 1, V]: the prompt's last position predicts token 0
     lc = batch.completion_ids.shape[1]
     if lc == 1:
         return first
@@ -99,9 +108,9 @@ def _shared_prefix_logits(model, batch: RolloutBatch) -> torch.Tensor:
     # completion position j predicts token j+1: the last token predicts nothing and is not run
     positions = prompt_len[batch.owner][:, None] + torch.arange(lc - 1, device=prompt_len.device)  # [B, Lc-1]
     attn = torch.cat([batch.prompt_mask[batch.owner], batch.completion_attn[:, :-1]], dim=1)  # [B, Lp + Lc-1]
-    tail = model(input_ids=batch.completion_ids[:, :-1], attention_mask=attn, position_ids=positions,
-                 use_cache=True, **cache_kwargs(cache))
-    return torch.cat([first, tail.logits], dim=1)  # [B, Lc, V]
+    tail = run(input_ids=batch.completion_ids[:, :-1], attention_mask=attn, position_ids=positions,
+               use_cache=True, **cache_kwargs(cache))
+    return torch.cat([first, pick(tail)], dim=1)  # [B, Lc, V]
 
 
 def _copy_prompt_rows(cache, owner: torch.Tensor) -> None:
@@ -130,12 +139,17 @@ def _copy_prompt_rows(cache, owner: torch.Tensor) -> None:
         layer.values = layer.values[:, None].expand(-1, group, -1, -1, -1).flatten(0, 1)
 
 
-def _full_sequence_logits(model, batch: RolloutBatch) -> torch.Tensor:
-    """The same logits from whole prompt+completion rows (prompt left-padded, completion right-padded)."""
+def _full_sequence_logits(model, batch: RolloutBatch, hidden_only: bool = False) -> torch.Tensor:
+    """The same logits from whole prompt+completion rows (prompt left-padded, completion right-padded);
+    with `hidden_only`, the last hidden states instead."""
     # the last completion token predicts nothing: it is not run
     ids = torch.cat([batch.prompt_ids[batch.owner], batch.completion_ids[:, :-1]], dim=1)  # [B, Lp + Lc-1]
     attn = torch.cat([batch.prompt_mask[batch.owner], batch.completion_attn[:, :-1]], dim=1)  # [B, Lp + Lc-1]
     positions = (attn.cumsum(-1) - 1).clamp(min=0)  # [B, Lp + Lc-1]
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False).logits
+    if hidden_only:
+        logits = decoder(model)(input_ids=ids, attention_mask=attn, position_ids=positions,
+                                use_cache=False).last_hidden_state
+    else:
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False).logits
     lp = batch.prompt_ids.shape[1]
     return logits[:, lp - 1:]  # [B, Lc, V]

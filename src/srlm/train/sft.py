@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +33,15 @@ from srlm.data.prompts import completion_end, render_prompt
 from srlm.data.sources import DATASETS, load_records, register_custom
 from srlm.errors import UserError
 from srlm.hf_compat import logits_at
+from srlm.memory import describe_estimate, training_estimate
 from srlm.models import apply_lora, load_model, save_model
 from srlm.train.loop import (
     Dist, MetricsLog, autocast, broadcast_parameters, clip_and_step_tensor, compile_layers, compile_requested,
     enable_gradient_checkpointing, full_state_dict, gradient_sync, init_distributed, load_resume_checkpoint,
     make_optimizer, make_scheduler, progress_bar, save_resume_checkpoint, shard_model, sum_gradients,
 )
-from srlm.train.losses import selected_cross_entropy
+from srlm.train.losses import linear_cross_entropy, selected_cross_entropy
+from srlm.train.output_layer import decoder, plain_head
 
 # A records file written by `srlm distill generate` (or any file of canonical records) loads under this name.
 RECORDS_DATASET = "records"
@@ -190,9 +193,20 @@ def selected_logits(model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
                      use_cache=False)  # [N, V]
 
 
+def selected_hidden(model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
+    """The decoder's last hidden states [N, E] at the `keep` positions (what the output layer would see)."""
+    hidden = decoder(model)(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
+                            use_cache=False).last_hidden_state  # [B, T, E]
+    return hidden[keep]  # [N, E]
+
+
 def sft_step_loss(model, batch: dict, normalizer: float) -> tuple[torch.Tensor, dict]:
-    """Token cross-entropy summed over the micro-batch, divided by the whole step's loss-token count."""
+    """Token cross-entropy summed over the micro-batch, divided by the whole step's loss-token count.
+    The output layer runs in chunks of positions where it is a plain linear map (`plain_head`)."""
     keep, targets = loss_positions(batch["labels"])
+    head = plain_head(model)
+    if head is not None:
+        return linear_cross_entropy(selected_hidden(model, batch, keep), *head, targets).sum() / normalizer, {}
     loss = selected_cross_entropy(selected_logits(model, batch, keep), targets).sum() / normalizer
     return loss, {}
 
@@ -229,6 +243,10 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
     model.train()
     broadcast_parameters(model, d)
     model = shard_model(model, d)
+    if d.main:
+        tokens = cfg.batch_size * min(cfg.max_length, max(len(e.input_ids) for e in examples))
+        print(describe_estimate(desc, training_estimate(model, tokens, checkpointing=cfg.gradient_checkpointing),
+                                tokens), file=sys.stderr, flush=True)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, steps)
     resume_dir = out_dir / "resume"

@@ -1,0 +1,122 @@
+"""Peak memory and speed of srlm on a real pretrained model (SmolLM2-135M-Instruct); prints one JSON object.
+
+    python benchmarks/real_model.py [--model models/smollm2-135m-instruct] [--only eval,sft_full,...]
+
+Each workload runs in its own process, so each peak RSS (`ru_maxrss`) is that workload's alone:
+- eval: `srlm eval` on the first 64 GSM8K test problems, one batch of 64, the paper's sampling
+  (temperature 0.6, top-p 0.95), at most 256 new tokens -> `eval_peak_gb`, `eval_tokens_per_s`;
+- sft_full / sft_lora: SFT on GSM8K train in the <think>/<answer> format, batches of 8, at most 512 tokens,
+  3 steps -> `sft_full_peak_gb`, `sft_lora_peak_gb`, `sft_tokens_per_s` (full, median step after the first);
+- grpo: 4 GSM8K prompts x 4 samples x exactly 256 new tokens, the paper's rewards, beta 0.04, 2 steps ->
+  `grpo_peak_gb`, `grpo_step_s` (the last step).
+Timings depend on the machine and its load; compare side by side with ../shared/bench (TRL) in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+WORKLOADS = ("eval", "sft_full", "sft_lora", "grpo")
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # kB on Linux
+
+
+def run_eval(model: Path, work: Path) -> dict:
+    from srlm.cli import main
+
+    out = work / "eval"
+    t0 = time.perf_counter()
+    code = main(["eval", "--model", str(model), "--data-path", str(DATA), "--benchmarks", "gsm8k", "--limit", "64",
+                 "--batch-size", "64", "--max-new-tokens", "256", "--out", str(out), "--no-progress"])
+    wall = time.perf_counter() - t0
+    assert code == 0
+    samples = [json.loads(x) for x in (out / "gsm8k" / "samples.jsonl").read_text().splitlines()]
+    tokens = sum(s["tokens"] for s in samples)
+    return {"eval_peak_gb": round(peak_gb(), 2), "eval_tokens_per_s": round(tokens / wall, 1),
+            "eval_tokens": tokens, "eval_wall_s": round(wall, 1)}
+
+
+def run_sft(model: Path, work: Path, lora: bool) -> dict:
+    import torch
+
+    from srlm.config import DatasetRef, SFTConfig
+    from srlm.train.loop import read_metrics
+    from srlm.train.sft import run_sft as sft
+
+    cfg = SFTConfig(data=DatasetRef(name="gsm8k", split="train", path=str(DATA), limit=64), steps=3, batch_size=8,
+                    max_length=512, lr=1e-5, lora={"enabled": lora})
+    sft(cfg, model, work / "sft", torch.device("cpu"), progress=False)
+    steps = read_metrics(work / "sft" / "metrics.jsonl")
+    key = "sft_lora" if lora else "sft_full"
+    return {f"{key}_peak_gb": round(peak_gb(), 2),
+            f"{key}_tokens_per_s": round(statistics.median(s["tokens_per_s"] for s in steps[1:]), 1)}
+
+
+def run_grpo(model: Path, work: Path) -> dict:
+    import torch
+
+    from srlm.config import DatasetRef, GRPOConfig
+    from srlm.train.grpo import run_grpo as grpo
+    from srlm.train.loop import read_metrics
+
+    cfg = GRPOConfig(data=DatasetRef(name="gsm8k", split="train", path=str(DATA), limit=64), steps=2,
+                     prompts_per_step=4, group_size=4, max_new_tokens=256, min_new_tokens=256, beta=0.04,
+                     collapse={"enabled": False})
+    grpo(cfg, model, work / "grpo", torch.device("cpu"), progress=False)
+    m = read_metrics(work / "grpo" / "metrics.jsonl")
+    return {"grpo_peak_gb": round(peak_gb(), 2), "grpo_step_s": round(m[-1]["seconds/step"], 2),
+            "grpo_generate_s": round(m[-1]["seconds/generate"], 2), "grpo_train_s": round(m[-1]["seconds/train"], 2)}
+
+
+def child(name: str, model: Path) -> dict:
+    from srlm.memory import return_freed_memory
+
+    return_freed_memory()  # as the `srlm` command does
+    with tempfile.TemporaryDirectory(prefix=f"srlm-real-{name}-") as tmp:
+        work = Path(tmp)
+        if name == "eval":
+            return run_eval(model, work)
+        if name in ("sft_full", "sft_lora"):
+            return run_sft(model, work, lora=name == "sft_lora")
+        return run_grpo(model, work)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "models" / "smollm2-135m-instruct"), help="model folder")
+    ap.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {WORKLOADS}")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, Path(args.model))))
+        return
+    result: dict = {"model": args.model, "load_avg_1m": round(os.getloadavg()[0], 2)}
+    for name in args.only.split(","):
+        if name not in WORKLOADS:
+            raise SystemExit(f"unknown workload {name!r}; choose from {WORKLOADS}")
+        done = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", name],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+        result.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    import torch
+
+    result["threads"] = torch.get_num_threads()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

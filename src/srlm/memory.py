@@ -1,0 +1,63 @@
+"""Process memory: an allocator setting that lets freed activations leave the process, and the estimate a
+training stage prints when it starts (its manifest records the measured peak).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+import torch
+
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+_configured = False
+
+
+def return_freed_memory() -> None:
+    """On glibc (Linux), serve every allocation of 1 MB or more straight from the kernel (mmap), so that it
+    goes back to the kernel when freed. Once per process; elsewhere a no-op.
+
+    Why: glibc raises its mmap threshold each time a large block is freed (up to 32 MB), after which
+    activation-sized tensors come from the heap, where freed blocks fragment and stay counted in the
+    process. A training step allocates and frees thousands of such tensors, and LoRA's many small adapter
+    tensors between them fragment most: SmolLM2-135M SFT (batch 8, GSM8K) peaked at 4.96 GB with LoRA
+    (no dropout) against 3.79 GB for full fine-tuning; with the threshold fixed, 3.11 and 3.41 GB.
+    """
+    global _configured
+    if _configured or not sys.platform.startswith("linux"):
+        return
+    _configured = True
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc (musl): nothing to set
+        pass
+
+
+def _bytes(numel: int, dtype: torch.dtype) -> float:
+    return numel * torch.empty((), dtype=dtype).element_size()
+
+
+def training_estimate(model, tokens: int, extra_weight_copies: int = 0, checkpointing: bool = False
+                      ) -> dict[str, float]:
+    """GB by part for a training step over `tokens` tokens per micro-batch: the weights (plus copies, such
+    as GRPO's frozen reference), gradients and AdamW's two moments of the trainable parameters, and the
+    activations autograd keeps (about 7 hidden-size and 3 MLP-size vectors per token and layer, in fp32;
+    one hidden-size vector per token and layer with gradient checkpointing). An estimate, not a bound."""
+    params = list(model.parameters())
+    weights = sum(_bytes(p.numel(), p.dtype) for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    cfg = getattr(model, "config", None)
+    layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
+    hidden = int(getattr(cfg, "hidden_size", 0) or 0)
+    mlp = int(getattr(cfg, "intermediate_size", 4 * hidden) or 4 * hidden)
+    per_token_layer = hidden if checkpointing else 7 * hidden + 3 * mlp
+    gb = 1024 ** 3
+    return {"weights": weights * (1 + extra_weight_copies) / gb, "gradients + AdamW": 3 * trainable * 4 / gb,
+            "activations": tokens * layers * per_token_layer * 4 / gb}
+
+
+def describe_estimate(stage: str, parts: dict[str, float], tokens: int) -> str:
+    total = sum(parts.values())
+    detail = ", ".join(f"{name} {gb:.2f}" for name, gb in parts.items())
+    return (f"{stage}: memory estimate {total:.1f} GB ({detail}; {tokens} tokens per micro-batch); "
+            f"the manifest records the measured peak")
