@@ -21,6 +21,7 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("The line is $\\boxed{y=2x+1}$.", "y=2x+1", True),
         ("The line is $\\boxed{y = 1 + 2x}$.", "y=2x+1", True),
         ("<answer>x = 2x + 1</answer>", "2x+1", False),
+        ("So $\\boxed{\\frac{x^2-1}{x-1} = x+1}$.", "x+1", True),  # a chain that is an identity
         ("<answer>y = 2x + 1</answer>", "2x+1", True),
         ("The inverse is $\\boxed{y = \\frac{x-1}{2}}$.", "f^{-1}(x) = \\frac{x-1}{2}", True),
         ("$\\boxed{y = 5}$", "x = 5", False),
@@ -95,6 +96,9 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("Find $x+y$ given $xy = 15$.", "15", False),
         ("So the total is 15. Hmm, what about 16?", "16", False),
         ("If we add them, we get 15.", "15", True),
+        ("We need to simplify $\\frac{x^2-1}{x-1}$.", "x+1", False),
+        ("We need to simplify it: $\\frac{x^2-1}{x-1} = x+1$.", "x+1", True),
+        ("We need to compute 3 + 4 = 7", "7", True),
         # A value named only to be ruled out is not the answer.
         ("The final answer is not 6, it is 7.", "6", False),
         ("The final answer is not 6, it is 7.", "7", True),

@@ -16,8 +16,9 @@ from srlm.grading.rewards import REWARDS, combine_rewards, get_reward
 # "6 is wrong") are not answers; at most 16 adjacent boxes are read together. 2.3: "the answer is <value>"
 # after a box corrects it (not a question, a check or a hedge). 2.4: the one letter a sentence picks for a
 # choice gold; a decimal comma against a decimal gold. 2.5: an exact irrational answer rounds to a rounded
-# gold (`\frac{\sqrt3}{2}` for `0.866`).
-GRADER_VERSION = "2.5"
+# gold (`\frac{\sqrt3}{2}` for `0.866`). 2.6: a restated task ("we need to simplify $…$") is not an
+# answer; a chain with variables counts only as an identity.
+GRADER_VERSION = "2.6"
 
 __all__ = [
     "GRADER_VERSION",

@@ -453,8 +453,12 @@ def _match_against_relation(g: tuple, p: tuple, ctx: _Context) -> bool | None:
     interval = _inequality_interval(p)
     if interval is not None:
         return _match(g, interval, ctx)
-    if all(op == "=" for op in p[1]) and not _names(("list", p[2])):
-        # A chain of equal values (`\frac{5}{2} = 2.5`): the gold may be its last or first member.
+    if all(op == "=" for op in p[1]):
+        # A chain of equal values (`\frac{5}{2} = 2.5`, `\frac{x^2-1}{x-1} = x+1`): the gold may be its
+        # last or first member. With variables the chain must be an identity (`x = 2x+1` is an equation
+        # to solve, not the value 2x+1).
+        if _names(("list", p[2])) and _match(p[2][0], p[2][-1], ctx) is not True:
+            return False
         last = _match(g, p[2][-1], ctx)
         return True if last else _match(g, p[2][0], ctx)
     return False

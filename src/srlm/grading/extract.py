@@ -77,6 +77,10 @@ _HEDGE = re.compile(r"\b(?:no idea|not sure|don'?t know|do not know|cannot (?:be
 # A sentence that asks or sets the problem rather than answers it.
 _QUESTION_START = re.compile(r"(?:\**\s*)(?:given|suppose|assume|find|compute|determine|calculate|evaluate|what|"
                              r"how many|how much|let)\b", re.IGNORECASE)
+# Words that restate the task ("we need to simplify …"), and what shows a result after them ("= 7").
+_TASK_WORD = re.compile(r"\b(?:simplify|factor|expand|solve|compute|calculate|evaluate|find|determine|given|"
+                        r"asked|asks|need to|want to|have to)\b", re.IGNORECASE)
+_RESULT_WORD = re.compile(r"=|\\approx|\b(?:is|are|was|get|gives|equals|obtain)\b", re.IGNORECASE)
 _BARE_SYMBOL = re.compile(r"\\?[A-Za-z]+(?:_\{?\w{1,3}\}?)?")
 # What may separate the boxes of one answer: math delimiters, commas, "and"/"or", a label "y =".
 _BOX_CONNECTOR = re.compile(
@@ -318,7 +322,13 @@ def _is_committed(text: str, start: int, end: int) -> bool:
     sentence_end = after.start() if after else len(text)
     newline = text.find("\n", end, sentence_end)
     sentence = text[sentence_start:newline if newline >= 0 else sentence_end].strip()
-    return not (sentence.endswith("?") or _QUESTION_START.match(sentence))
+    if sentence.endswith("?") or _QUESTION_START.match(sentence):
+        return False
+    # "We need to simplify $\frac{x^2-1}{x-1}$": the task restated, with no result after it.
+    task = None
+    for task in _TASK_WORD.finditer(text, sentence_start, start):
+        pass
+    return task is None or _RESULT_WORD.search(text, task.end(), start) is not None
 
 
 def _latex_word(text: str, start: int, end: int) -> str | None:
