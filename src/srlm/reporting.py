@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from srlm.grading.audit import merge_audits
 from srlm.report import (
     Comparison, Gain, Row, StageCost, accuracy_records, accuracy_table, cost_records, cost_table, csv_records,
     gains_records, gains_table, latex, pipeline_cost_records, pipeline_cost_table, report_markdown, start_groups,
@@ -87,6 +88,9 @@ def combine_seeds(by_seed: dict[int, dict], per_problem: dict[int, dict[str, flo
         vals = [x.get(key) for x in by_seed.values()]
         if any(key in x for x in by_seed.values()):
             out[key] = None if any(v is None for v in vals) else sum(vals) / len(vals)
+    audit = merge_audits([x.get("grader_audit") for x in by_seed.values()])
+    if audit is not None:
+        out["grader_audit"] = audit
     if all("p95_response_tokens" in x for x in by_seed.values()):
         out["p95_response_tokens"] = max(x["p95_response_tokens"] for x in by_seed.values())
     for key in ("tokens_generated", "wall_seconds"):

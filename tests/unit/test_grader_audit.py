@@ -135,3 +135,19 @@ def test_report_shows_grader_agreement_and_na_format():
     assert [r[:2] for r in format_table(rows)[1:]] == [["base", "n/a / 100"], ["old run", "50 / 50"]]
     assert "## Grader agreement (%)" in report_markdown("t", rows)
     assert grader_agreement_table(rows[1:]) is None
+
+
+def test_audits_of_several_seeds_are_pooled():
+    from srlm.grading.audit import merge_audits
+    from srlm.reporting import combine_seeds
+
+    a = grader_audit([sample(0, True, second=True), sample(1, True, second=False)])  # 1 of 2 agree
+    b = grader_audit([sample(0, False, second=False), sample(1, True, second=True), sample(2, False, second=None),
+                      sample(3, True, second=True), sample(4, False, second=False)])  # 4 of 4 agree
+    merged = merge_audits([a, None, b])
+    assert (merged["n_samples"], merged["n_judged"], merged["n_undecided"]) == (7, 6, 1)
+    assert merged["agreement"] == 5 / 6 and merged["srlm_accuracy"] == 4 / 6 and merged["math_verify_accuracy"] == 3 / 6
+    assert (merged["srlm_only_correct"], merged["math_verify_only_correct"]) == (1, 0)
+    assert merge_audits([None, None]) is None
+    by_seed = {0: {"accuracy": 0.5, "grader_audit": a}, 1: {"accuracy": 0.5, "grader_audit": b}}
+    assert combine_seeds(by_seed, {0: {"p0": 1.0}, 1: {"p0": 0.0}})["grader_audit"] == merged

@@ -62,3 +62,22 @@ def disagreements(samples: list[dict]) -> list[dict]:
                     "method": s["method"], "srlm": bool(s["correct"]), "math_verify": bool(second),
                     "response_tail": response[-RESPONSE_TAIL_CHARS:]})
     return out
+
+
+def merge_audits(audits: list[dict | None]) -> dict | None:
+    """One audit over several evaluations of the same benchmark (seeds): counts added, rates recomputed
+    over all the samples both graders judged; ``None`` when none was audited."""
+    present = [a for a in audits if a]
+    if not present:
+        return None
+    n = sum(a["n_judged"] for a in present)
+
+    def pooled(key: str) -> float | None:
+        return sum((a[key] or 0) * a["n_judged"] for a in present) / n if n else None
+
+    merged = {"second_grader": present[0]["second_grader"]}
+    for key in ("n_samples", "n_judged", "n_undecided", "srlm_only_correct", "math_verify_only_correct"):
+        merged[key] = sum(a[key] for a in present)
+    for key in ("srlm_accuracy", "math_verify_accuracy", "agreement"):
+        merged[key] = pooled(key)
+    return merged
