@@ -113,6 +113,10 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("<think>hmm</think><answer>See step 2 of the solution</answer>", "2", False),
         ("<think>1+1</think><answer>The result is 2</answer>", "2", True),
         ("<think>1+1</think><answer>There are 2 apples left.</answer>", "2", True),
+        # In the tags, a sentence whose last number only points back states its first value.
+        ("<think>x</think><answer>She needs 4 more books to reach the 15 books.</answer>", "4", True),
+        ("<think>x</think><answer>She needs 4 more books to reach the 15 books.</answer>", "15", False),
+        ("<think>x</think><answer>Not 4, it is the 15 books</answer>", "4", False),
     ],
     "empty_box_echoed_from_the_instruction": [
         ("Please put the final answer in \\boxed{}.", "", False),

@@ -17,8 +17,9 @@ from srlm.grading.rewards import REWARDS, combine_rewards, get_reward
 # after a box corrects it (not a question, a check or a hedge). 2.4: the one letter a sentence picks for a
 # choice gold; a decimal comma against a decimal gold. 2.5: an exact irrational answer rounds to a rounded
 # gold (`\frac{\sqrt3}{2}` for `0.866`). 2.6: a restated task ("we need to simplify $…$") is not an
-# answer; a chain with variables counts only as an identity.
-GRADER_VERSION = "2.6"
+# answer; a chain with variables counts only as an identity. 2.7: a one-sentence answer in the tags whose
+# last number only points back states its first value.
+GRADER_VERSION = "2.7"
 
 __all__ = [
     "GRADER_VERSION",

@@ -244,6 +244,11 @@ def _value_in_sentence(sentence: str) -> str | None:
     return (formulas[0].group(1) or formulas[0].group(2)).strip() if formulas else None
 
 
+def _span_of(text: str, part: str) -> tuple[int, int]:
+    start = text.find(part)
+    return start, start + len(part)
+
+
 def _rejected(text: str, start: int, end: int) -> bool:
     """The value at ``text[start:end]`` is named only to be ruled out: "not 6", "6 is wrong"."""
     return _NEGATED_BEFORE.search(text, max(0, start - 20), start) is not None \
@@ -417,5 +422,11 @@ def extract_answer(response: str) -> Extraction:
             found = _from_span(inner)
             if found.answer is not None:
                 return Extraction(found.answer, ANSWER_TAG)
+            if not _HEDGE.search(inner) and "\n" not in inner.strip():
+                # The tags hold the answer, so a one-sentence answer whose last number only points back
+                # ("4 books, to reach the 15 books") states its first value.
+                value = _value_in_sentence(inner)
+                if value is not None and _is_committed(inner, *_span_of(inner, value)):
+                    return Extraction(_clip(value), ANSWER_TAG)
         return Extraction(_clip(inner), ANSWER_TAG)
     return _from_span(body)
