@@ -114,11 +114,16 @@ def rate(summary: dict | None, key: str) -> float | None:
     return 100 * v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+# An evaluation found complete when a run resumes records only the time it took to re-read its samples:
+# below this many seconds, its wall time says nothing about generation speed.
+MIN_EVAL_SECONDS = 1.0
+
+
 def tokens_per_second(summary: dict | None) -> float | None:
-    """Generated tokens per second of wall time of one benchmark's evaluation."""
+    """Generated tokens per second of wall time of one benchmark's evaluation (None when not measured)."""
     s = summary or {}
     tokens, wall = s.get("tokens_generated"), s.get("wall_seconds")
-    return tokens / wall if tokens is not None and wall else None
+    return tokens / wall if tokens is not None and wall and wall >= MIN_EVAL_SECONDS else None
 
 
 def _pct(v: float | None) -> str:
@@ -137,7 +142,8 @@ def format_table(rows: list[Row]) -> list[list[str]]:
                 _pct(rate(s, k)) for k in ("format_rate", "extraction_rate")))
         tokens = sum(s.get("tokens_generated") or 0 for s in r.benchmarks.values())
         wall = sum(s.get("wall_seconds") or 0 for s in r.benchmarks.values())
-        table.append([r.label] + cells + [f"{tokens / wall:,.0f}" if tokens and wall else "–"])
+        speed = tokens_per_second({"tokens_generated": tokens, "wall_seconds": wall}) if tokens else None
+        table.append([r.label] + cells + ["–" if speed is None else f"{speed:,.0f}"])
     return table
 
 

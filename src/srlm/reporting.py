@@ -326,13 +326,13 @@ def plot_files(run_dir: Path, rows: list[Row]) -> list[tuple[str, str]]:
             steps = [x["step"] for x in m]
             for ax, (key, title) in zip(axes.flat, RL_CURVES):
                 raw = [float(x.get(key, float("nan"))) for x in m]
-                ax.plot(steps, raw, color=color, alpha=0.25, linewidth=0.8, marker=".", markersize=3)
+                if window > 1:  # else the line is the raw values themselves
+                    ax.plot(steps, raw, color=color, alpha=0.25, linewidth=0.8, marker=".", markersize=3)
                 ax.plot(steps, moving_average(raw, window), color=color, linewidth=1.6, label=_stage_label(rows, d))
                 ax.set_title(title, fontsize=10)
                 _integer_steps(ax)
-        smooth = f"moving average over {window} steps" if window > 1 else "every step"
-        _finish_figure(fig, out / "rl_curves.png", f"GRPO training: rollout metrics per step ({smooth}; faint: raw)",
-                       axes.flat[0])
+        smooth = f" (lines: moving average over {window} steps; faint: each step)" if window > 1 else ""
+        _finish_figure(fig, out / "rl_curves.png", f"GRPO training: rollout metrics per step{smooth}", axes.flat[0])
         plots.append(("GRPO training curves: reward, rollout accuracy and format rate, KL, completion length, "
                       "truncation (lines: moving average; faint points: each step)", "plots/rl_curves.png"))
     sup = [d for d in stage_dirs if not Path(d).name.startswith("grpo") and metrics[d]]
@@ -348,14 +348,17 @@ def plot_files(run_dir: Path, rows: list[Row]) -> list[tuple[str, str]]:
                 steps, loss = [x["step"] for x in m], [x["loss"] for x in m]
                 color = colors[(i + 3 * j) % len(colors)]
                 window = _smoothing_window(len(m))
-                ax.plot(steps, loss, color=color, alpha=0.25, linewidth=0.8)
+                if window > 1:
+                    ax.plot(steps, loss, color=color, alpha=0.25, linewidth=0.8)
                 ax.plot(steps, moving_average(loss, window), color=color, linewidth=1.6, label=_stage_label(rows, d))
             _log_y(ax)
             ax.set_title(title, fontsize=10)
             ax.set_ylabel("training loss (log scale)")
             _integer_steps(ax)
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15), frameon=False, ncol=2)
-        _finish_figure(fig, out / "loss_curves.png", "Training loss of the supervised stages (faint: each step)")
+        _finish_figure(fig, out / "loss_curves.png",
+                       "Training loss of the supervised stages (lines: moving average over a tenth of the steps, "
+                       "at most 25; faint: each step)")
         plots.append(("Training loss: pre-training, and the SFT / KD stages in their own panel",
                       "plots/loss_curves.png"))
     scored = [r for r in rows if r.benchmarks and r.status == "done"]

@@ -173,3 +173,8 @@ def test_collect_gains_pairs_each_row_with_the_row_it_extends(tmp_path):
     assert [(g.label, g.start) for g in gains] == [("base_sft", "base")]  # other protocol: not comparable
     d = gains[0].benchmarks["synthetic"]  # per-problem differences 0.5, 0.5, 1.0
     assert d["n_problems"] == 3 and abs(d["difference"] - 2 / 3) < 1e-12
+
+
+def test_eval_speed_is_not_reported_for_an_evaluation_found_complete_on_resume():
+    resumed = {**_bench(0.5), "tokens_generated": 50_000, "wall_seconds": 0.004}  # only re-read its samples
+    assert format_table([Row("a", "done", {"b": resumed})])[1][-1] == "–"
