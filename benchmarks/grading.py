@@ -147,8 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         _audit_verdict("\\boxed{1}", "1")  # starts the worker outside the timed loop
         # Spread over the cases (every k-th), so each data set and both labelled and shifted pairs count.
         step = max(1, len(cases) // args.audit_limit)
-        audit = measure(_audit_verdict, cases[::step][: args.audit_limit])
+        audited = cases[::step][: args.audit_limit]
+        verdicts: list[bool] = []
+
+        def audit_verdict(response: str, gold: str) -> bool:
+            verdicts.append(_audit_verdict(response, gold))
+            return verdicts[-1]
+
+        audit = measure(audit_verdict, audited)
         audit["added_ms_per_sample"] = round(audit.pop("mean_ms"), 3)
+        # How often the two graders agree on these cases (what summary.json's `agreement` measures).
+        agree = sum(_srlm_grade(r, g) == v for (r, g, _), v in zip(audited, verdicts))
+        audit["agreement_with_srlm"] = round(agree / len(audited), 4)
         report["grader_audit"] = audit
     if args.math_verify:
         _math_verify_grade("\\boxed{1}", "1")
