@@ -31,6 +31,7 @@ from srlm.data.prompts import (EVAL_TEMPLATES, FORMAT_PROMPTS, benchmark_templat
 from srlm.data.sources import load_records
 from srlm.engines.base import Completion, SamplingParams, prompt_seeds
 from srlm.errors import UserError
+from srlm.faults import fault_point
 from srlm.grading import grade
 from srlm.grading.audit import accuracy_by_method, disagreements, grader_audit
 from srlm.grading.symbolic import math_verify_equal
@@ -305,6 +306,7 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
 
     seeds = prompt_seeds(cfg.seed, len(records))  # problem i's seed, whichever process or run draws it
     chunk = max(1, CHUNK_BATCHES * cfg.batch_size // cfg.n)
+    written: list[int] = []  # problems written by this call
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
 
@@ -314,6 +316,8 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
             _append_lines(out_path, [_record(r, j, prompts[part[k]], c, ref.name, stop, fewshot, cfg.grader_audit)
                                      for j, c in enumerate(group) if (r["id"], j) not in done])
             bar.update(1)
+            written.append(part[k])
+            fault_point("eval", after_problem=len(written), benchmark=ref.name)
 
         engine.generate([ids[i] for i in part], sampling, seeds=[seeds[i] for i in part], on_complete=write)
     bar.close()

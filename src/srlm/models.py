@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from srlm.errors import UserError
+from srlm.faults import fault_point
+from srlm.train.loop import replace_folder
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -126,16 +128,9 @@ def save_model(model, tokenizer, out_dir: str | Path, state_dict: dict | None = 
         merged.save_pretrained(tmp)
     else:
         model.save_pretrained(tmp, state_dict=state_dict)
+    fault_point("model:mid_write")
     tokenizer.save_pretrained(tmp)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    replace_folder(tmp, out)
     return out
 
 

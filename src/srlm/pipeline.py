@@ -30,7 +30,8 @@ import yaml
 
 from srlm import progress as run_progress
 from srlm.config import RunConfig, pipeline_seeds, pipeline_stages, pipeline_start
-from srlm.errors import UserError
+from srlm.errors import NonFiniteLoss, UserError
+from srlm.faults import fault_point
 from srlm.models import resolve_device
 from srlm.train.loop import atomic_write_json, atomic_write_text
 
@@ -84,11 +85,11 @@ def start_model(cfg: RunConfig, run_dir: Path, name: str) -> tuple[Path | str, s
     """(path or hub id, key) of pipeline `name`'s starting model; writes the tiny model when asked for."""
     start = pipeline_start(cfg, name)
     if start == "tiny":
-        from srlm.tiny import TinySpec, write_tiny_model
+        from srlm.tiny import TinySpec, is_complete_tiny_model, write_tiny_model
 
         spec = TinySpec(**cfg.model.tiny.model_dump())
         folder = run_dir / "start-model"
-        if not (folder / "config.json").exists():
+        if not is_complete_tiny_model(folder, spec):  # absent, another shape, or cut short by a kill
             write_tiny_model(folder, spec)
         return folder, "tiny:" + content_key(cfg.model.tiny.model_dump())
     return start, "model:" + start
@@ -117,6 +118,9 @@ def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device
     try:
         summary = _stage_runners()[kind](scfg, Path(input_path), stage_dir, device, progress)
         status, reason = summary.get("status", "done"), summary.get("reason")
+    except (UserError, NonFiniteLoss) as e:  # the message says it all
+        summary, status, reason = {}, "failed", str(e)
+        (stage_dir / "error.txt").write_text(traceback.format_exc())
     except Exception as e:  # noqa: BLE001 - a broken stage fails its pipeline, never the whole study
         summary, status, reason = {}, "failed", f"{type(e).__name__}: {e}"
         (stage_dir / "error.txt").write_text(traceback.format_exc())
@@ -160,6 +164,7 @@ def run_pipeline(cfg: RunConfig, name: str, run_dir: Path, device, progress: boo
         if m["status"] != "done":
             return _finish(run_dir, folder, PipelineResult(name, m["status"], stages, None, None, m.get("reason")))
         path, key = m["output"]["checkpoint"], m["output"]["key"]
+        fault_point("pipeline:between_stages", pipeline=name, after=kind)
     summary = None
     if cfg.pipelines[name].evaluate:
         run_progress.in_pipeline(folder)

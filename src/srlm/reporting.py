@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from srlm.faults import fault_point
 from srlm.grading.audit import merge_audits
 from srlm.report import (
     Comparison, Gain, Row, StageCost, accuracy_records, accuracy_table, cost_records, cost_table, csv_records,
@@ -405,6 +406,7 @@ def write_report(run_dir: Path, formats: tuple[str, ...] = ("md", "csv", "tex", 
             records["gains"] = gains_records(gains)
         for name, recs in records.items():
             atomic_write_text(run_dir / f"{name}.csv", csv_records(recs))
+    fault_point("report:mid_write")
     if "tex" in formats:
         tables = {"accuracy": accuracy_table(rows), "cost": cost_table(stages),
                   "pipeline_cost": pipeline_cost_table(rows, stages)}

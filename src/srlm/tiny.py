@@ -39,6 +39,7 @@ class TinySpec:
 # split's content is special) and the instructions the prompts add. Learning merges takes ~0.3 s.
 MERGES_CORPUS = {"problems": 3000, "seed": 97}
 MAX_VOCAB = 512  # bytes + learned merges; the task's whole vocabulary of words fits well within it
+SPEC_FILE = "srlm_tiny.json"  # written last into a tiny model folder: its presence means the folder is whole
 
 
 def merges_corpus() -> list[str]:
@@ -114,16 +115,39 @@ def build_model(spec: TinySpec, vocab_size: int, pad_id: int, eos_id: int):
 
 
 def write_tiny_model(out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
-    """Write tokenizer and random-init model to `out_dir` (created); return the folder."""
+    """Write tokenizer and random-init model to `out_dir` (replaced whole); return the folder.
+
+    Written into a temporary folder and renamed into place, with `srlm_tiny.json` last: a kill leaves the
+    old folder or none, and `is_complete_tiny_model` tells a complete folder from a half-written one."""
     import json
+    import shutil
+
+    from srlm.faults import fault_point
+    from srlm.train.loop import replace_folder
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     tok = build_tokenizer()
     model = build_model(spec, len(tok), tok.pad_token_id, tok.eos_token_id)
     model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids(IM_END)]
     model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    (out / "srlm_tiny.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    model.save_pretrained(tmp)
+    fault_point("start_model:mid_write")
+    tok.save_pretrained(tmp)
+    (tmp / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    replace_folder(tmp, out)
     return out
+
+
+def is_complete_tiny_model(folder: str | Path, spec: TinySpec) -> bool:
+    """Whether `folder` holds the whole tiny model of `spec` (its spec file is written last)."""
+    import json
+
+    path = Path(folder) / SPEC_FILE
+    try:
+        return json.loads(path.read_text()) == asdict(spec)
+    except (OSError, ValueError):
+        return False

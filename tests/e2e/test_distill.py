@@ -116,7 +116,7 @@ def test_distill_generate_rejection_samples_resumes_and_feeds_sft(tmp_path, mode
     records = load_records("synthetic", split="test", limit=5, n=20)
     fake = FakeTeacher({tuple(tok.encode(render_prompt(tok, "tags", r["question"]), add_special_tokens=False)):
                         r["answer"] for r in records})
-    monkeypatch.setattr(HFEngine, "generate", lambda self, prompts, sampling: fake(self, prompts, sampling))
+    monkeypatch.setattr(HFEngine, "generate", lambda self, prompts, sampling, seeds=None: fake(self, prompts, sampling))
     out = tmp_path / "traces.jsonl"
     args = ["distill", "generate", "--teacher", str(teacher), "--dataset", "synthetic", "--split", "test",
             "--samples", "4", "--out", str(out), "--quiet"]
@@ -148,3 +148,55 @@ def test_distill_generate_rejection_samples_resumes_and_feeds_sft(tmp_path, mode
     summary = run_sft(cfg, student, tmp_path / "seq-kd", CPU, progress=False)
     assert summary["data"]["n_examples"] == 10
     assert len(read_metrics(tmp_path / "seq-kd" / "metrics.jsonl")) == 2
+
+
+TRACES_SCRIPT = """
+import sys
+from srlm.cli import main
+from srlm.data.prompts import render_prompt
+from srlm.data.sources import load_records
+from srlm.engines.base import Completion
+from srlm.engines.hf import HFEngine
+from srlm.models import load_tokenizer
+
+tok = load_tokenizer(sys.argv[1])
+gold = {tuple(tok.encode(render_prompt(tok, "tags", r["question"]), add_special_tokens=False)): r["answer"]
+        for r in load_records("synthetic", split="test", limit=6, n=20)}
+
+def teacher(self, prompts, sampling, seeds=None):  # sample j of a problem is right when its seed says so
+    return [[Completion([1], f"<think>t{j}</think>\\n<answer>{gold[tuple(p)] if (s >> j) % 3 else -1}</answer>",
+                        "stop") for j in range(sampling.n)] for p, s in zip(prompts, seeds)]
+
+HFEngine.generate = teacher
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_trace_generation_killed_mid_way_resumes_to_the_uninterrupted_traces(tmp_path, models):
+    """A real SIGKILL (SRLM_FAULT) after the third problem: the re-run writes the same traces, in order."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "fake_teacher.py"
+    script.write_text(TRACES_SCRIPT)
+    teacher = models[1]
+
+    def generate(out, fault=None):
+        env = {k: v for k, v in os.environ.items() if k != "SRLM_FAULT"}
+        env.update({"SRLM_FAULT": fault} if fault else {})
+        return subprocess.run([sys.executable, str(script), str(teacher), "distill", "generate", "--teacher",
+                               str(teacher), "--dataset", "synthetic", "--split", "test", "--limit", "6",
+                               "--samples", "4", "--out", str(out), "--quiet"],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    assert generate(tmp_path / "whole.jsonl").returncode == 0
+    killed = generate(tmp_path / "cut.jsonl", "traces:after_problem=3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len((tmp_path / "cut.jsonl.done").read_text().split()) == 3
+    resumed = generate(tmp_path / "cut.jsonl")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = (tmp_path / "whole.jsonl").read_text()
+    assert whole and (tmp_path / "cut.jsonl").read_text() == whole
+    assert (tmp_path / "cut.jsonl.done").read_text() == (tmp_path / "whole.jsonl.done").read_text()

@@ -69,56 +69,31 @@ def test_eval_writes_samples_summary_and_table(model_dir, tmp_path, capsys):
     assert "accuracy (%)" in printed.out and "pass@k" in printed.out
 
 
-class Interrupted(Exception):
-    pass
-
-
-class DiesAfter:
-    """The hf engine, killed after `k` problems are written (like a kill -9 between two appends)."""
-
-    name = "hf"
-
-    def __init__(self, engine, k: int):
-        self.engine, self.k, self.max_context = engine, k, engine.max_context
-
-    def generate(self, prompts, sampling, seeds=None, on_complete=None):
-        seen = []
-
-        def complete(i, group):
-            if len(seen) == self.k:
-                raise Interrupted
-            seen.append(i)
-            on_complete(i, group)
-
-        return self.engine.generate(prompts, sampling, seeds=seeds, on_complete=complete)
-
-
 @needs_data
 @pytest.mark.e2e
-def test_interrupted_eval_resumes_to_the_same_summary(model_dir, tmp_path):
-    from srlm.config import DatasetRef, EvalConfig
-    from srlm.engines.hf import HFEngine
-    from srlm.evaluate import evaluate
-    from srlm.models import load_model
+def test_killed_eval_resumes_to_the_same_summary(model_dir, tmp_path):
+    """`srlm eval` killed (SIGKILL through SRLM_FAULT) after 3 problems of gsm8k, a torn line appended as a
+    kill mid-write would leave, then resumed with another batch size: the same samples and summary."""
+    import signal
 
-    model, tok = load_model(model_dir, __import__("torch").device("cpu"))
-    cfg = EvalConfig(benchmarks=[DatasetRef(name=n, path=str(DATA), limit=5) for n in ("gsm8k", "amc23")],
-                     n=2, max_new_tokens=10, batch_size=1, temperature=0.8)  # 2 chunks, sampled
-    engine = HFEngine(model, tok, batch_size=4)
-    whole = evaluate(engine, tok, cfg, tmp_path / "whole", "tiny", progress=False)
-
+    args = ["--benchmarks", "gsm8k,amc23", "--limit", "5", "--n", "2", "--max-new-tokens", "10",
+            "--temperature", "0.8"]
+    assert main(eval_args(model_dir, tmp_path / "whole", *args, "--batch-size", "1")) == 0
     cut = tmp_path / "cut"
-    with pytest.raises(Interrupted):
-        evaluate(DiesAfter(engine, 3), tok, cfg, cut, "tiny", progress=False)
-    lines = (cut / "gsm8k" / "samples.jsonl").read_text().splitlines()
-    assert len(lines) == 3 * 2  # what was written survived; the batch in flight is lost
+    env = {**os.environ, "SRLM_FAULT": "eval:after_problem=3:benchmark=gsm8k"}
+    killed = subprocess.run([sys.executable, "-m", "srlm", *eval_args(model_dir, cut, *args, "--batch-size", "1")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len((cut / "gsm8k" / "samples.jsonl").read_text().splitlines()) == 3 * 2  # what was written survived
     with open(cut / "gsm8k" / "samples.jsonl", "a") as f:
         f.write('{"id": "torn')  # a line cut short by the kill
-    resumed = evaluate(HFEngine(model, tok, batch_size=16), tok, cfg, cut, "tiny", progress=False)
-    assert without_wall(resumed) == without_wall(whole)
-    assert json.loads((cut / "summary.json").read_text())["benchmarks"] == resumed["benchmarks"]
+    assert main(eval_args(model_dir, cut, *args, "--batch-size", "16")) == 0
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    resumed = json.loads((cut / "summary.json").read_text())
+    assert without_wall(resumed["benchmarks"]) == without_wall(whole["benchmarks"])
     for name in ("gsm8k", "amc23"):
-        assert len((cut / name / "samples.jsonl").read_text().splitlines()) == 10
+        lines = sorted((cut / name / "samples.jsonl").read_text().splitlines())  # in the order they finished
+        assert lines == sorted((tmp_path / "whole" / name / "samples.jsonl").read_text().splitlines())
 
 
 @needs_data

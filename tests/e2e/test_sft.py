@@ -1,5 +1,5 @@
-"""SFT end to end on a tiny model: data parallel (2 processes, gloo) equals one process, an interrupted run
-resumes to the same weights, LoRA trains only its adapters and the merged model equals the adapter model."""
+"""SFT end to end on a tiny model: data parallel (2 processes, gloo) equals one process, LoRA trains only
+its adapters and the merged model equals the adapter model (kill and resume: test_pipeline_resume.py)."""
 
 import json
 import os
@@ -102,43 +102,6 @@ def test_fsdp_two_processes_match_one_process(tmp_path, model_dir):
     for a, b in zip(one, fsdp, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
     assert_same_weights(tmp_path / "one" / "checkpoint", tmp_path / "fsdp" / "checkpoint", atol=1e-5)
-
-
-# --------------------------------------------------------------------------------------------- resume
-
-
-class Killed(Exception):
-    pass
-
-
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, model_dir, monkeypatch):
-    from srlm.train import sft
-
-    cfg = sft_cfg(steps=5, save_every=2)
-    sft.run_sft(cfg, model_dir, tmp_path / "straight", torch.device("cpu"), progress=False)
-
-    real_save = sft.save_resume_checkpoint
-
-    def save_then_die(folder, model, opt, sched, step, extra, d=None):
-        real_save(folder, model, opt, sched, step, extra, d)
-        if step == 4:
-            raise Killed  # the process dies right after the step-4 checkpoint is on disk
-
-    monkeypatch.setattr(sft, "save_resume_checkpoint", save_then_die)
-    out = tmp_path / "resumed"
-    with pytest.raises(Killed):
-        sft.run_sft(cfg, model_dir, out, torch.device("cpu"), progress=False)
-    assert (out / "resume" / "trainer_state.pt").exists() and not (out / "checkpoint").exists()
-    monkeypatch.setattr(sft, "save_resume_checkpoint", real_save)
-    torch.manual_seed(999)  # a fresh process would have another RNG state: the checkpoint must restore it
-    sft.run_sft(cfg, model_dir, out, torch.device("cpu"), progress=False)  # the same command again
-
-    assert_same_weights(tmp_path / "straight" / "checkpoint", out / "checkpoint")
-    steps = read_metrics(out / "metrics.jsonl")
-    assert [m["step"] for m in steps] == [1, 2, 3, 4, 5]
-    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
-    assert [m["loss"] for m in steps] == pytest.approx([m["loss"] for m in straight], rel=1e-6)
-    assert not (out / "resume").exists()
 
 
 # ----------------------------------------------------------------------------------------------- LoRA

@@ -28,6 +28,7 @@ from srlm.data.prompts import render_prompt, stop_token_ids
 from srlm.engines.base import SamplingParams
 from srlm.engines import EngineOptions, build_engine, close_engine
 from srlm.errors import UserError
+from srlm.faults import fault_point
 from srlm.memory import describe_estimate, training_estimate
 from srlm.grading.rewards import REWARDS
 from srlm.grading import grade
@@ -156,6 +157,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
             with timer.phase("generate"):
                 batch_idx, completions, cursor, n_dropped = _rollout(
                     engine, sampling, prompt_ids, problems, cfg, cursor, cfg.seed * 1_000_003 + step, weights, d)
+            fault_point("grpo:after_generate", step=step + 1)
             # ---- score with the named rewards, then group-relative advantages
             with timer.phase("score"):
                 texts = [c.text for group in completions for c in group]
@@ -185,6 +187,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
                 raise Collapsed(why)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps and d.main:
                 save_resume_checkpoint(resume_dir, model, opt, sched, step + 1, {"cursor": cursor})
+            fault_point("grpo", step=step + 1)
     except Collapsed as e:
         status, reason = "collapsed", str(e)
         _restore_last_good(model, model_dir, resume_dir, device)

@@ -24,6 +24,7 @@ import torch
 from srlm.data.collate import IGNORE_INDEX, TokenizedExample, filter_by_length, tokenize_pair
 from srlm.data.prompts import completion_end, render_prompt, stop_token_ids
 from srlm.errors import UserError
+from srlm.faults import fault_point
 from srlm.models import apply_lora, load_model
 from srlm.train.losses import kd_loss, linear_kd_loss
 from srlm.train.output_layer import plain_head
@@ -228,7 +229,7 @@ def generate_traces(teacher_dir: str, records: list[dict], out: Path, device: to
     import json
 
     from srlm.engines import EngineOptions, build_engine
-    from srlm.engines.base import SamplingParams
+    from srlm.engines.base import SamplingParams, prompt_seeds
     from srlm.grading import grade
 
     out = Path(out)
@@ -236,6 +237,9 @@ def generate_traces(teacher_dir: str, records: list[dict], out: Path, device: to
     done = _read_done(out)
     _drop_unfinished(out, done)
     todo = [r for r in records if str(r["id"]) not in done]
+    # problem i samples from its own seed, so a resumed run (fewer problems to do) samples what the
+    # uninterrupted one would have
+    seed_of = dict(zip((str(r["id"]) for r in records), prompt_seeds(seed, len(records))))
     counts = {"problems": len(records), "skipped_done": len(records) - len(todo), "sampled": 0, "accepted": 0,
               "problems_with_accepted": 0, "reformatted": 0}
     if todo:
@@ -253,8 +257,9 @@ def generate_traces(teacher_dir: str, records: list[dict], out: Path, device: to
                 prompts = [tok.encode(render_prompt(tok, prompt, r["question"]), add_special_tokens=False)
                            for r in chunk]
                 sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                          n=samples, stop_token_ids=stops, seed=seed * 1_000_003 + start)
-                for r, completions in zip(chunk, engine.generate(prompts, sampling)):
+                                          n=samples, stop_token_ids=stops)
+                seeds = [seed_of[str(r["id"])] for r in chunk]
+                for r, completions in zip(chunk, engine.generate(prompts, sampling, seeds=seeds)):
                     accepted = 0
                     for k, c in enumerate(completions):
                         g = grade(c.text, r["answer"], benchmark)
@@ -271,6 +276,7 @@ def generate_traces(teacher_dir: str, records: list[dict], out: Path, device: to
                     f.flush()
                     done_f.write(f"{r['id']}\n")
                     done_f.flush()
+                    fault_point("traces", after_problem=len(done) + counts["sampled"] // samples + 1)
                     counts["sampled"] += len(completions)
                     counts["accepted"] += accepted
                     counts["problems_with_accepted"] += accepted > 0

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from srlm.faults import fault_point
+
 # ------------------------------------------------------------------------------------------ optimizer
 
 
@@ -465,6 +467,21 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def replace_folder(tmp: Path, folder: Path) -> None:
+    """Put the complete folder `tmp` in place of `folder` by renames. A kill at any moment leaves either
+    the old folder, or the new one, or (between the two renames) none: never a mix of the two."""
+    tmp, folder = Path(tmp), Path(folder)
+    if not folder.exists():
+        tmp.rename(folder)
+        return
+    old = folder.with_name(folder.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old)
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -506,14 +523,13 @@ def save_resume_checkpoint(folder: Path, model, optimizer, scheduler, step: int,
         model.save_pretrained(tmp / "model", state_dict=model_sd)
     else:
         model.save_pretrained(tmp / "model")  # a peft model writes only its adapter here
+    fault_point("checkpoint:mid_write", step=step)
     torch.save(
         {"optimizer": opt_sd, "scheduler": scheduler.state_dict(), "step": step,
          "rng": rngs[0], "rng_per_rank": rngs, "extra": extra},
         tmp / "trainer_state.pt",
     )
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    replace_folder(tmp, folder)
 
 
 def _full_optimizer_state(model, optimizer, d: Dist) -> dict:

@@ -31,7 +31,8 @@ from srlm.data.collate import (
 from srlm.data.prepare import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, to_sft_example
 from srlm.data.prompts import completion_end, render_prompt
 from srlm.data.sources import DATASETS, load_records, register_custom
-from srlm.errors import UserError
+from srlm.errors import NonFiniteLoss, UserError
+from srlm.faults import fault_point
 from srlm.hf_compat import logits_at
 from srlm.memory import describe_estimate, training_estimate
 from srlm.models import apply_lora, load_model, save_model
@@ -98,15 +99,16 @@ def sft_examples(tok, records: list[dict], prompt: str, loss_on: str, completion
 
 
 def run_sft(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress: bool = True,
-            records: list[dict] | None = None) -> dict:
-    """Fine-tune on (prompt, completion) pairs; writes `out_dir/checkpoint`. `records` replaces `cfg.data`."""
+            records: list[dict] | None = None, desc: str = "sft") -> dict:
+    """Fine-tune on (prompt, completion) pairs; writes `out_dir/checkpoint`. `records` replaces `cfg.data`;
+    `desc` names the stage kind (progress bar, fault point)."""
     model, tok = load_model(model_dir, device, dtype="float32")
     records = load_stage_records(cfg.data) if records is None else records
     examples = sft_examples(tok, records, cfg.prompt, cfg.loss_on, getattr(cfg, "completion", "tags"))
     kept, report = filter_by_length(examples, cfg.max_length)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, tok)
-    summary = train_supervised(model, tok, kept, cfg, out_dir, device, progress, desc="sft")
+    summary = train_supervised(model, tok, kept, cfg, out_dir, device, progress, desc=desc)
     summary["data"] = {"n_records": len(records), "n_too_long": report.n_too_long, "n_examples": len(kept)}
     return summary
 
@@ -116,7 +118,7 @@ def run_seq_kd(cfg, model_dir: Path, out_dir: Path, device: torch.device, progre
     teacher first samples `teacher_samples` traces per problem and only the correct ones are kept
     (`kd.generate_traces`, resumable), then the student is fine-tuned on them."""
     if not getattr(cfg, "teacher", None):
-        return run_sft(cfg, model_dir, out_dir, device, progress)
+        return run_sft(cfg, model_dir, out_dir, device, progress, desc="kd")
     from srlm.data.jsonl import json_objects
     from srlm.train.kd import generate_traces
 
@@ -129,7 +131,7 @@ def run_seq_kd(cfg, model_dir: Path, out_dir: Path, device: torch.device, progre
     if not records:
         raise UserError(f"the teacher {cfg.teacher} wrote no correct trace for {cfg.data.name}; "
                         f"a stronger teacher or more teacher_samples is needed")
-    summary = run_sft(cfg, model_dir, out_dir, device, progress, records=records)
+    summary = run_sft(cfg, model_dir, out_dir, device, progress, records=records, desc="kd")
     summary["teacher"] = counts
     return summary
 
@@ -289,6 +291,7 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
 
             dist.all_reduce(reduced)
         values = torch.cat([reduced, grad_norm.double().reshape(1)]).tolist()  # the step's one host sync
+        _check_finite(step + 1, values[0], values[-1])
         tokens_seen += real_tokens
         dt = time.perf_counter() - t0
         last = {"step": step + 1, "loss": values[0], **dict(zip(names, values[1:-1])), **extra_stats,
@@ -300,6 +303,7 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
             save_resume_checkpoint(resume_dir, model, opt, sched, step + 1,
                                    {"examples_seen": (step + 1) * per_step * cfg.batch_size}, d)
+        fault_point(desc, step=step + 1)
     bar.close()
     log.close()
     state = full_state_dict(model, d)  # FSDP: gathered on every rank's call, kept by rank 0
@@ -308,6 +312,14 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
         shutil.rmtree(resume_dir, ignore_errors=True)  # the final checkpoint supersedes it
     return {"steps": steps, "final_loss": last.get("loss"), "tokens": tokens_seen,
             "train_seconds": time.perf_counter() - t_start}
+
+
+def _check_finite(step: int, loss: float, grad_norm: float) -> None:
+    """A non-finite loss or gradient norm fails the stage: the weights are garbage from here on, and a
+    stage that went on would end `done` with a model that answers nothing."""
+    for what, value in (("loss", loss), ("gradient norm", grad_norm)):
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"{what} is {'NaN' if value != value else value} at step {step}")
 
 
 def _sum_all(d: Dist, *values: int) -> list[float]:
