@@ -434,6 +434,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise UserError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                            f"save the file as UTF-8") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -444,6 +447,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
     cfg = _validate(RunConfig, data, prefix="")
     for name in cfg.pipelines:
         pipeline_stages(cfg, name)  # validate every stage now, not halfway through a study
+    from srlm.config_checks import check_config
+
+    check_config(cfg)  # registry names, cross-field rules, paths: at load, not hours into a study
     return cfg
 
 
