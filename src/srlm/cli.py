@@ -7,11 +7,15 @@ sets `func(args) -> int`. A user mistake raises `UserError`; it is printed as on
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from srlm import __version__
 from srlm.errors import UserError
+
+# Errors of the disk, not of srlm: a full disk, a read-only or forbidden folder, a quota.
+DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 # Order is the order shown by `srlm --help`.
 VERB_MODULES = [
@@ -85,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"srlm: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise  # a bug, or something unexpected: keep the traceback
+        print(f"srlm: error: {e.strerror}: {e.filename or 'writing output'}; free space or fix permissions, "
+              f"then re-run the same command to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("srlm: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -65,16 +65,25 @@ def grader_version() -> str | None:
 # ------------------------------------------------------------------------------------------ sample files
 
 
+_REPORTED_DAMAGE: set[tuple[str, int]] = set()  # (file, line) already warned about in this process
+
+
 def read_samples(path: Path) -> list[dict]:
-    """Completed sample records; a line cut short by a kill (the last one) is ignored."""
+    """Completed sample records. A damaged line (cut short by a kill, or edited) is skipped and reported
+    once; the lines after it still count, so a re-run regenerates only the damaged line's problem."""
     if not path.exists():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            record = json.loads(line)
+            if not isinstance(record, dict) or "id" not in record or "sample" not in record:
+                raise ValueError("not a sample record")
+            out.append(record)
+        except ValueError:
+            if line.strip() and (str(path), number) not in _REPORTED_DAMAGE:
+                _REPORTED_DAMAGE.add((str(path), number))
+                _warn(f"{path}:{number}: damaged line skipped (its problem is sampled again if missing)")
     return out
 
 
@@ -210,6 +219,24 @@ def settings_conflicts(out_dir: Path, stamp: dict, benchmarks: list) -> list[str
     return problems
 
 
+def protocol_conflicts(out_dir: Path, cfg) -> list[str]:
+    """How the engine, protocol and benchmark options of `cfg` (an EvalConfig) differ from those of the
+    evaluation in `out_dir`, whatever its model: what `srlm run` checks before any stage runs."""
+    old = _read_settings(out_dir)
+    if old is None:
+        return []
+    stamp = settings_stamp(cfg, old.get("model"), getattr(cfg, "engine", old.get("engine")))
+    return settings_conflicts(out_dir, stamp, cfg.benchmarks)
+
+
+def record_model_name(out_dir: Path, model_name: str) -> None:
+    """Record that the evaluation in `out_dir` is of `model_name` (the same checkpoint, found at another
+    path: a run folder that was moved or copied)."""
+    old = _read_settings(out_dir)
+    if old is not None and old.get("model") != model_name:
+        atomic_write_json(Path(out_dir) / SETTINGS_FILE, {**old, "model": model_name})
+
+
 def check_settings(out_dir: Path, stamp: dict, benchmarks: list, overwrite: bool) -> None:
     """Refuse to mix samples of another model/engine/protocol into `out_dir`; with `overwrite`, discard
     every evaluation in it first. Records the settings for the next run."""
@@ -334,6 +361,9 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
         _write_lines(bench_dir / DISAGREEMENTS_FILE, disagreements(samples))
     summary["dataset"] = {"split": ref.split, "path": ref.path, "limit": ref.limit, "options": ref.options}
     summary["max_new_tokens"] = sampling.max_new_tokens  # after the context cap
+    if not summary["complete"]:
+        _warn(f"{ref.name}: the summary is incomplete: not every one of the {len(records)} problems has its "
+              f"{cfg.n} samples in {bench_dir}")
     summary["prompt_template"] = template
     summary["stop_strings"] = list(stop)
     if any(shots):
@@ -403,13 +433,19 @@ def evaluate(engine, tokenizer, cfg, out_dir: Path, model_name: str, progress: b
     results = {}
     for ref in cfg.benchmarks:
         results[ref.name] = evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir, progress)
-    previous = {}
+    previous, previous_wall = {}, 0.0
     summary_path = out_dir / "summary.json"
     if summary_path.exists():
-        previous = json.loads(summary_path.read_text()).get("benchmarks", {})
+        try:
+            old = json.loads(summary_path.read_text())
+            previous, previous_wall = old.get("benchmarks", {}), float(old.get("wall_seconds") or 0.0)
+        except (ValueError, TypeError):
+            pass  # written atomically: only someone else's edit can damage it; it is rebuilt below
+    for name, result in results.items():  # a re-run adds its time to the earlier runs' (tokens/s stays true)
+        result["wall_seconds"] += float(previous.get(name, {}).get("wall_seconds") or 0.0)
     summary = {"model": model_name, "engine": engine_name, "settings": cfg.model_dump(),
                "srlm_version": __version__, "grader_version": grader_version(), "world_size": size,
-               "wall_seconds": time.perf_counter() - t0, "benchmarks": {**previous, **results}}
+               "wall_seconds": previous_wall + time.perf_counter() - t0, "benchmarks": {**previous, **results}}
     if rank == 0:
         atomic_write_json(summary_path, summary)
     return summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,9 +50,24 @@ def _gguf_args(name_or_path: str | Path) -> tuple[str, dict]:
     return str(name_or_path), {}
 
 
-def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
+# `model.trust_remote_code` of the run (set by `allow_remote_code`): every load of the run follows it, the
+# start model's and each stage's checkpoint of that model alike.
+_REMOTE_CODE = False
+
+
+def allow_remote_code(allowed: bool) -> None:
+    """Let model and tokenizer loads run code shipped with the model (`model.trust_remote_code`); warns."""
+    global _REMOTE_CODE
+    if allowed and not _REMOTE_CODE:
+        print("srlm: warning: model.trust_remote_code is on: Python code shipped with the model will run on this "
+              "machine", file=sys.stderr, flush=True)
+    _REMOTE_CODE = bool(allowed)
+
+
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool | None = None):
     from transformers import AutoTokenizer
 
+    trust_remote_code = _REMOTE_CODE if trust_remote_code is None else trust_remote_code
     _check_exists(name_or_path)
     where, extra = _gguf_args(name_or_path)
     try:
@@ -63,9 +79,13 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(name_or_path: str | Path, device: torch.device, dtype: str = "auto", trust_remote_code: bool = False):
-    """(model, tokenizer) from a local folder, a `.gguf` file or a hub id, on `device`, in train mode."""
+def load_model(name_or_path: str | Path, device: torch.device, dtype: str = "auto",
+               trust_remote_code: bool | None = None):
+    """(model, tokenizer) from a local folder, a `.gguf` file or a hub id, on `device`, in train mode.
+    `trust_remote_code` None follows the run's setting (`allow_remote_code`)."""
     from transformers import AutoModelForCausalLM
+
+    trust_remote_code = _REMOTE_CODE if trust_remote_code is None else trust_remote_code
 
     tok = load_tokenizer(name_or_path, trust_remote_code)
     where, extra = _gguf_args(name_or_path)
@@ -75,12 +95,25 @@ def load_model(name_or_path: str | Path, device: torch.device, dtype: str = "aut
         )
     except (OSError, ValueError, ImportError) as e:
         raise UserError(f"could not load a model from {name_or_path}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type: a corrupt, truncated or empty file
+        if "safetensor" not in type(e).__name__.lower():
+            raise
+        raise UserError(f"{name_or_path}: the weights file is damaged ({str(e).splitlines()[0]}); "
+                        f"{_redo_hint(name_or_path)}") from None
     if extra:
         _forget_quantization(model)
     model.to(device)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def _redo_hint(name_or_path) -> str:
+    """What to do about a damaged model folder: a stage's checkpoint is redone by deleting its stage folder."""
+    p = Path(name_or_path)
+    if p.name == "checkpoint" and (p.parent / "manifest.json").exists():
+        return f"delete the stage folder {p.parent} and re-run to redo that stage"
+    return "restore or re-download the model"
 
 
 def _forget_quantization(model) -> None:

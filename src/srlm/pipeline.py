@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import resource
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class PipelineResult:
     final_checkpoint: str | None
     eval_summary: dict | None
     reason: str | None = None
+    final_key: str | None = None  # the final checkpoint's key (a KD stage it teaches hashes it)
 
 
 def start_model(cfg: RunConfig, run_dir: Path, name: str) -> tuple[Path | str, str]:
@@ -95,21 +97,38 @@ def start_model(cfg: RunConfig, run_dir: Path, name: str) -> tuple[Path | str, s
     return start, "model:" + start
 
 
-def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device, progress: bool) -> dict:
-    """Run (or reuse, or resume) one stage; returns its manifest."""
-    key = content_key({"kind": kind, "config": scfg.model_dump(), "input": input_key})
+def in_run(path, run_dir: Path) -> str:
+    """`path` relative to the run folder when it lies inside it (a run folder can be moved or copied and
+    resumed), else as given (a hub id, a model folder elsewhere)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device, progress: bool,
+              teacher_key: str | None = None) -> dict:
+    """Run (or reuse, or resume) one stage; returns its manifest. The manifest's paths are relative to
+    `run_dir`. `teacher_key` (a teacher pipeline's final checkpoint key) stands for the teacher's path in
+    the stage's key, so the key does not depend on where the run folder is."""
+    keyed = scfg.model_dump()
+    if teacher_key is not None:
+        keyed["teacher"] = teacher_key
+    key = content_key({"kind": kind, "config": keyed, "input": input_key})
     stage_dir = run_dir / "stages" / f"{kind}-{key}"
     manifest = read_manifest(stage_dir)
     if manifest and manifest["status"] in ("done", "collapsed"):
         run_progress.skip(stage_dir.name)
-        return manifest
+        rel = in_run(stage_dir, run_dir)  # where the folder is now (an older manifest may hold another path)
+        return {**manifest, "dir": rel, "output": {**manifest["output"], "checkpoint": str(Path(rel) / "checkpoint")}}
     run_progress.announce(stage_dir.name, kind)
     stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stage_dir / "config.yaml", yaml.safe_dump({kind: scfg.model_dump()}, sort_keys=False))
     dev_name, dev_count = device_description(device)
-    manifest = {"kind": kind, "key": key, "dir": str(stage_dir), "config": scfg.model_dump(),
-                "input": {"checkpoint": str(input_path), "key": input_key},
-                "output": {"checkpoint": str(stage_dir / "checkpoint"), "key": f"{kind}-{key}"},
+    rel = in_run(stage_dir, run_dir)
+    manifest = {"kind": kind, "key": key, "dir": rel, "config": scfg.model_dump(),
+                "input": {"checkpoint": in_run(input_path, run_dir), "key": input_key},
+                "output": {"checkpoint": str(Path(rel) / "checkpoint"), "key": f"{kind}-{key}"},
                 "status": "running", "started": time.time(), "attempts": (manifest or {}).get("attempts", 0) + 1}
     atomic_write_json(stage_dir / "manifest.json", manifest)
     if device.type == "cuda":
@@ -149,6 +168,7 @@ def run_pipeline(cfg: RunConfig, name: str, run_dir: Path, device, progress: boo
     stages = []
     for kind, scfg in pipeline_stages(cfg, name, seed):
         teacher = getattr(scfg, "teacher", None)
+        teacher_key = None
         if teacher in cfg.pipelines:  # the teacher is another pipeline's final model: make sure it exists
             t_seeds = pipeline_seeds(cfg, teacher)  # a seeded teacher: its run of this seed, else its first
             t_seed = None if t_seeds is None else (seed if seed in t_seeds else t_seeds[0])
@@ -157,20 +177,27 @@ def run_pipeline(cfg: RunConfig, name: str, run_dir: Path, device, progress: boo
                 return _finish(run_dir, folder, PipelineResult(
                     name, "failed", stages, None, None, f"teacher pipeline {teacher!r} ended {t.status}"))
             scfg = scfg.model_copy(update={"teacher": t.final_checkpoint})
+            teacher_key = t.final_key
         run_progress.in_pipeline(folder)
-        m = run_stage(kind, scfg, path, key, run_dir, device, progress)
+        m = run_stage(kind, scfg, path, key, run_dir, device, progress, teacher_key)
         stages.append({"kind": kind, "status": m["status"], "reason": m.get("reason"), "dir": m["dir"],
                        "cost": m.get("cost", {})})
         if m["status"] != "done":
             return _finish(run_dir, folder, PipelineResult(name, m["status"], stages, None, None, m.get("reason")))
-        path, key = m["output"]["checkpoint"], m["output"]["key"]
+        path, key = run_dir / m["output"]["checkpoint"], m["output"]["key"]
         fault_point("pipeline:between_stages", pipeline=name, after=kind)
     summary = None
     if cfg.pipelines[name].evaluate:
         run_progress.in_pipeline(folder)
         run_progress.announce(f"eval:{folder}", "evaluation")
-        summary = evaluate_checkpoint(cfg, path, key, run_dir / folder / "eval", device, progress)
-    return _finish(run_dir, folder, PipelineResult(name, "done", stages, str(path), summary))
+        try:
+            summary = evaluate_checkpoint(cfg, path, key, run_dir / folder / "eval", device, progress,
+                                          run_dir=run_dir)
+        except Exception as e:  # noqa: BLE001 - like a failed stage: this pipeline fails, the run goes on
+            reason = str(e) if isinstance(e, (UserError, OSError)) else f"{type(e).__name__}: {e}"
+            return _finish(run_dir, folder, PipelineResult(name, "failed", stages, str(path), None,
+                                                           f"evaluation: {reason}", key))
+    return _finish(run_dir, folder, PipelineResult(name, "done", stages, str(path), summary, None, key))
 
 
 def _run_seeds(cfg: RunConfig, name: str, seeds: list[int], run_dir: Path, device, progress: bool,
@@ -189,32 +216,61 @@ def _run_seeds(cfg: RunConfig, name: str, seeds: list[int], run_dir: Path, devic
 def _finish(run_dir: Path, name: str, result: PipelineResult) -> PipelineResult:
     folder = run_dir / name
     folder.mkdir(parents=True, exist_ok=True)
+    final = in_run(result.final_checkpoint, run_dir) if result.final_checkpoint else None
     atomic_write_json(folder / "pipeline.json", {
         "name": name, "status": result.status, "reason": result.reason, "stages": result.stages,
-        "final_checkpoint": result.final_checkpoint})
+        "final_checkpoint": final})
     return result
 
 
-def evaluate_checkpoint(cfg: RunConfig, path, key: str, out_dir: Path, device, progress: bool) -> dict:
+def evaluate_checkpoint(cfg: RunConfig, path, key: str, out_dir: Path, device, progress: bool,
+                        run_dir: Path | None = None) -> dict:
     """Evaluate `path` unless `out_dir` already holds a complete evaluation of this same checkpoint."""
     from srlm.engines import build_engine, close_engine
-    from srlm.evaluate import evaluate
+    from srlm.evaluate import evaluate, record_model_name
 
     out_dir = Path(out_dir)
-    eval_key = content_key({"checkpoint": key, "eval": cfg.eval.model_dump()})
-    stamp = out_dir / "eval_key.txt"
-    if stamp.exists() and stamp.read_text().strip() != eval_key:
-        import shutil
+    run_dir = Path(run_dir) if run_dir is not None else out_dir.parent.parent  # RUN/<pipeline>/eval
+    stamp = out_dir / "eval_key.txt"  # the key of the checkpoint evaluated here
+    if stamp.exists() and stamp.read_text().strip() not in (key, _legacy_eval_key(cfg, key)):
+        # another checkpoint's evaluation (the pipeline's stages changed): kept aside, never mixed or deleted
+        aside = out_dir.with_name("eval." + re.sub(r"[^A-Za-z0-9._-]+", "_", stamp.read_text().strip())[:60])
+        if aside.exists():
+            import shutil
 
-        shutil.rmtree(out_dir)  # a different checkpoint or protocol: its samples would be mixed in
+            shutil.rmtree(aside)
+        out_dir.rename(aside)
+        print(f"srlm: {out_dir} held the evaluation of another checkpoint; moved to {aside}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stamp, eval_key + "\n")
+    atomic_write_text(stamp, key + "\n")
+    record_model_name(out_dir, in_run(path, run_dir))  # the key says it is this checkpoint, wherever it lies
+    # the protocol (everything but speed knobs) is checked by `evaluate`: a change is refused, not mixed
     engine, tok = build_engine(cfg.eval.engine, eval_engine_options(cfg, path, device))
     try:
-        return evaluate(engine, tok, cfg.eval, out_dir, model_name=str(path), progress=progress,
+        return evaluate(engine, tok, cfg.eval, out_dir, model_name=in_run(path, run_dir), progress=progress,
                         engine_name=cfg.eval.engine)
     finally:
         close_engine(engine)  # vLLM's memory back before the next pipeline trains
+
+
+def _legacy_eval_key(cfg: RunConfig, key: str) -> str:
+    """What `eval_key.txt` held before it held the checkpoint key (a hash with the whole eval config)."""
+    return content_key({"checkpoint": key, "eval": cfg.eval.model_dump()})
+
+
+def eval_conflicts(cfg: RunConfig, run_dir: Path, names: list[str]) -> list[str]:
+    """For each pipeline of `names` that is evaluated, how its evaluation folder's protocol differs from
+    `cfg.eval` (checked before any stage runs: a refusal hours later would waste the stages' time)."""
+    from srlm.evaluate import protocol_conflicts
+
+    out = []
+    for n in names:
+        if cfg.pipelines[n].evaluate:
+            for folder in [run_dir / n / "eval", *sorted(run_dir.glob(f"{n}/seed*/eval"))]:
+                problems = protocol_conflicts(folder, cfg.eval)
+                if problems:
+                    out.append(f"{folder} ({'; '.join(problems)})")
+    return out
 
 
 def eval_engine_options(cfg: RunConfig, path, device):
@@ -299,14 +355,27 @@ def check_engines_available(cfg: RunConfig, names: list[str]) -> None:
         require_vllm()
 
 
+# Environment switches that change how a run computes (not logging sinks): recorded beside config.yaml.
+ENVIRONMENT_SWITCHES = ("SRLM_COMPILE", "SRLM_FSDP", "ACCELERATE_USE_FSDP", "SRLM_DATA_PATH", "WORLD_SIZE",
+                        "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
+
+
+def run_environment() -> dict:
+    """What besides config.yaml decided this run's computation: switches set in the environment, versions."""
+    import transformers
+
+    from srlm import __version__
+
+    return {"switches": {k: os.environ[k] for k in ENVIRONMENT_SWITCHES if k in os.environ},
+            "srlm": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
 def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None) -> list[PipelineResult]:
     """Every pipeline of the run (or those in `only`), then the report. A failure stops only its pipeline."""
+    from srlm.runlock import locked
+
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    device = resolve_device(cfg.device)
-    use_data_path(cfg)
-    torch.manual_seed(0)
     names = only or list(cfg.pipelines)
     if not names:
         raise UserError("the config defines no pipelines: add a `pipelines:` section")
@@ -314,6 +383,26 @@ def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None
         if n not in cfg.pipelines:
             raise UserError(f"no pipeline {n!r}; pipelines: {', '.join(cfg.pipelines)}")
     check_engines_available(cfg, names)
+    with locked(run_dir):  # one process per run folder
+        conflicts = eval_conflicts(cfg, run_dir, names)
+        if conflicts:
+            raise UserError(f"eval: the run folder holds evaluations with another protocol: {', '.join(conflicts)}; "
+                            f"restore those settings, or use another run_dir (eval.batch_size may change)")
+        try:
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+            atomic_write_json(run_dir / "environment.json", run_environment())
+        except PermissionError:
+            raise UserError(f"{run_dir}: read-only (cannot write config.yaml there)") from None
+        return _run_all(cfg, run_dir, names, progress)
+
+
+def _run_all(cfg: RunConfig, run_dir: Path, names: list[str], progress: bool) -> list[PipelineResult]:
+    from srlm.models import allow_remote_code
+
+    allow_remote_code(cfg.model.trust_remote_code)
+    device = resolve_device(cfg.device)
+    use_data_path(cfg)
+    torch.manual_seed(0)
     results = []
     token = run_progress.TRACKER.set(run_progress.RunProgress(count_units(cfg, names)))
     try:

@@ -314,7 +314,8 @@ def plot_files(run_dir: Path, rows: list[Row]) -> list[tuple[str, str]]:
     out.mkdir(exist_ok=True)
     plots: list[tuple[str, str]] = []
     stage_dirs = list(dict.fromkeys(st["dir"] for r in rows for st in r.stages))
-    metrics = {d: read_metrics(Path(d) / "metrics.jsonl") if (Path(d) / "metrics.jsonl").exists() else []
+    # stage folders are recorded relative to the run folder (absolute in runs from before that)
+    metrics = {d: read_metrics(run_dir / d / "metrics.jsonl") if (run_dir / d / "metrics.jsonl").exists() else []
                for d in stage_dirs}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     rl = [d for d in stage_dirs if Path(d).name.startswith("grpo") and metrics[d]]

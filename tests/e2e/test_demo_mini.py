@@ -44,14 +44,14 @@ def test_mini_demo_runs_every_stage(tmp_path, capsys):
     assert {k: kinds.count(k) for k in set(kinds)} == {"pretrain": 1, "sft": 5, "kd": 2, "grpo": 6}
     for m in manifests:
         assert m["status"] == "done"
-        assert Path(m["output"]["checkpoint"], "config.json").exists()
+        assert Path(run_dir, m["output"]["checkpoint"], "config.json").exists()
         assert m["cost"]["wall_seconds"] > 0
-        metrics = (Path(m["dir"]) / "metrics.jsonl").read_text().splitlines()
+        metrics = (run_dir / m["dir"] / "metrics.jsonl").read_text().splitlines()
         assert len(metrics) == m["config"]["steps"]
     lora = [m for m in manifests if m["config"].get("lora", {}).get("enabled")]
-    assert len(lora) == 2 and all(Path(m["output"]["checkpoint"], "adapter").exists() for m in lora)
+    assert len(lora) == 2 and all(Path(run_dir, m["output"]["checkpoint"], "adapter").exists() for m in lora)
     grpo = next(m for m in manifests if m["kind"] == "grpo")
-    last = json.loads((Path(grpo["dir"]) / "metrics.jsonl").read_text().splitlines()[-1])
+    last = json.loads((run_dir / grpo["dir"] / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("reward", "accuracy", "format_rate", "kl", "entropy", "clip_fraction", "completion_len_mean",
                 "truncation_rate", "zero_var_groups", "grad_norm", "seconds/generate", "seconds/train"):
         assert key in last

@@ -43,13 +43,13 @@ def test_unstable_learning_rate_ends_collapsed_not_crashed(tiny, tmp_path, varie
     m = run_stage("grpo", cfg, tiny, "tiny", tmp_path, torch.device("cpu"), progress=False)
     assert m["status"] == "collapsed", m
     assert any(s in m["reason"] for s in ("non-finite", "entropy", "format")), m["reason"]
-    saved = json.loads(Path(m["dir"], "manifest.json").read_text())
+    saved = json.loads(Path(tmp_path, m["dir"], "manifest.json").read_text())
     assert saved["status"] == "collapsed" and saved["reason"] == m["reason"]
     # the last good weights are kept: finite, loadable, equal to the start (no resume checkpoint was taken)
     from safetensors.torch import load_file
 
     start = load_file(str(Path(tiny) / "model.safetensors"))
-    final = load_file(str(Path(m["output"]["checkpoint"]) / "model.safetensors"))
+    final = load_file(str(Path(tmp_path, m["output"]["checkpoint"]) / "model.safetensors"))
     assert all(torch.equal(start[k], final[k]) for k in start)
 
 
@@ -281,7 +281,7 @@ def test_an_engine_with_its_own_weights_gets_the_policy_after_every_update(tiny,
     assert m["status"] == "done", m
     (engine,) = _EngineWithOwnWeights.instances
     assert engine.pushes == 3
-    final = load_file(str(Path(m["output"]["checkpoint"]) / "model.safetensors"))  # LoRA: the merged model
+    final = load_file(str(Path(tmp_path, m["output"]["checkpoint"]) / "model.safetensors"))  # LoRA: the merged model
     served = engine.model.state_dict()
     assert all(torch.allclose(served[k], final[k], atol=1e-6) for k in final)
     start = load_file(str(Path(tiny) / "model.safetensors"))

@@ -46,7 +46,85 @@ def test_a_non_finite_loss_fails_the_stage_naming_the_step(tiny, tmp_path, lr):
     m = run_stage("pretrain", cfg, tiny, "tiny", tmp_path, torch.device("cpu"), progress=False)
     assert m["status"] == "failed", m
     assert m["reason"].startswith(("loss is NaN at step", "loss is inf at step", "gradient norm is")), m["reason"]
-    saved = json.loads(Path(tmp_path, m["dir"], "manifest.json").read_text()) if not Path(m["dir"]).is_absolute() \
-        else json.loads(Path(m["dir"], "manifest.json").read_text())
-    assert saved["status"] == "failed"
-    assert not (Path(m["dir"]) / "checkpoint").exists() and not (tmp_path / m["dir"] / "checkpoint").exists()
+    assert json.loads((tmp_path / m["dir"] / "manifest.json").read_text())["status"] == "failed"
+    assert not (tmp_path / m["dir"] / "checkpoint").exists()
+
+
+def _evaluate(tiny, out, **kw):
+    from srlm.config import EvalConfig
+    from srlm.engines.hf import HFEngine
+    from srlm.evaluate import evaluate
+    from srlm.models import load_model
+
+    model, tok = load_model(tiny, torch.device("cpu"))
+    cfg = EvalConfig(benchmarks=[DatasetRef(name="synthetic", split="test", options={"n": 6})], prompt="tags_brief",
+                     n=2, max_new_tokens=6, temperature=0.8, batch_size=4, **kw)
+    return evaluate(HFEngine(model, tok, batch_size=4), tok, cfg, out, "tiny", progress=False)
+
+
+def test_a_damaged_samples_line_is_skipped_once_and_its_problem_redone_without_duplicates(tiny, tmp_path, capsys):
+    whole = _evaluate(tiny, tmp_path / "whole")
+    path = tmp_path / "whole" / "synthetic" / "samples.jsonl"
+    lines = path.read_text().splitlines()
+    assert len(lines) == 12
+    lines[4] = lines[4][: len(lines[4]) // 2]  # damaged in the middle of the file
+    path.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    again = _evaluate(tiny, tmp_path / "whole")
+    err = capsys.readouterr().err
+    assert err.count("damaged line skipped") == 1 and f"{path}:5:" in err
+    good = [json.loads(x) for x in path.read_text().splitlines() if x != lines[4]]
+    assert len(good) == 12 and len({(s["id"], s["sample"]) for s in good}) == 12  # redone once, not appended again
+    strip = lambda s: {k: v for k, v in s.items() if "wall" not in k}  # noqa: E731
+    assert strip(again["benchmarks"]["synthetic"]) == strip(whole["benchmarks"]["synthetic"])
+
+
+def test_re_running_a_finished_evaluation_keeps_its_total_time(tiny, tmp_path):
+    first = _evaluate(tiny, tmp_path / "e")
+    again = _evaluate(tiny, tmp_path / "e", )
+    assert again["benchmarks"]["synthetic"]["wall_seconds"] >= first["benchmarks"]["synthetic"]["wall_seconds"] > 0
+    assert again["wall_seconds"] >= first["wall_seconds"]
+
+
+def test_trust_remote_code_is_read_and_warned_about(tiny, monkeypatch, capsys):
+    from transformers import AutoTokenizer
+
+    from srlm import models
+
+    seen = []
+    real = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
+                        lambda *a, **kw: seen.append(kw["trust_remote_code"]) or real(*a, **kw))
+    models.load_tokenizer(tiny)
+    models.allow_remote_code(True)
+    try:
+        models.load_tokenizer(tiny)
+    finally:
+        models.allow_remote_code(False)
+    assert seen == [False, True] and "trust_remote_code is on" in capsys.readouterr().err
+
+
+def test_a_corrupt_weights_file_is_one_line_naming_the_stage_folder_to_delete(tiny, tmp_path):
+    import shutil
+
+    from srlm.errors import UserError
+    from srlm.models import load_model
+
+    stage = tmp_path / "stages" / "sft-abc"
+    shutil.copytree(tiny, stage / "checkpoint")
+    (stage / "manifest.json").write_text("{}")
+    for size in (1000, 0):  # truncated, empty
+        with open(stage / "checkpoint" / "model.safetensors", "r+b") as f:
+            f.truncate(size)
+        with pytest.raises(UserError) as err:
+            load_model(stage / "checkpoint", torch.device("cpu"))
+        assert "weights file is damaged" in str(err.value) and f"delete the stage folder {stage}" in str(err.value)
+
+
+def test_a_non_utf8_config_is_one_line(tmp_path):
+    from srlm.errors import UserError
+
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("run_dir: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        load_config(path)

@@ -61,7 +61,7 @@ def test_a_two_seed_pipeline_runs_its_stage_per_seed_and_reports_the_spread(tmp_
     seeds = {s: json.loads((run / "sft" / f"seed{s}" / "pipeline.json").read_text()) for s in (0, 1)}
     dirs = {s: seeds[s]["stages"][0]["dir"] for s in (0, 1)}
     assert dirs[0] != dirs[1]  # one SFT stage per seed, with its seed in its config
-    assert [json.loads((Path(dirs[s]) / "manifest.json").read_text())["config"]["seed"] for s in (0, 1)] == [0, 1]
+    assert [json.loads((run / dirs[s] / "manifest.json").read_text())["config"]["seed"] for s in (0, 1)] == [0, 1]
     assert json.loads((run / "sft" / "pipeline.json").read_text())["seeds"] == {"0": "seed0", "1": "seed1"}
     report = (run / "report.md").read_text()
     row = next(line for line in report.split("## Accuracy")[1].splitlines() if line.startswith("| start + SFT"))

@@ -42,6 +42,7 @@ def test_grade_custom_fields(tmp_path, capsys):
     (['{"response": "x", "gold": "1"}', "{bad"], ":2: malformed JSON line"),
     (['{"response": "x"}'], ":1: missing field 'gold'"),
     (['[1, 2]'], ":1: expected a JSON object"),
+    ([], "no lines to grade (the file is empty)"),
     (['{"response": {"a": 1}, "gold": "1"}'], "field 'response' must be a string"),
 ])
 def test_grade_reports_bad_lines(tmp_path, capsys, lines, message):
@@ -74,3 +75,14 @@ def test_grade_explain_prints_the_steps_and_the_deciding_comparison(tmp_path, ca
     assert "comparison: no_answer tier decided not equal" in cases[1]
     assert "a short decimal, fewer than 3 significant digits: exact" in cases[2]
     assert "comparison: structure tier decided not equal" in cases[2]
+
+
+def test_grade_hostile_lines_get_a_verdict_each_not_a_traceback(tmp_path, capsys):
+    """A 5000-digit number and 100k nested brackets (model output is untrusted text)."""
+    lines = [json.dumps({"response": f"<answer>{'9' * 5000}</answer>", "gold": "9" * 5000}),
+             json.dumps({"response": "\\boxed{" + "(" * 100_000 + ")" * 100_000 + "}", "gold": "1"}),
+             json.dumps({"response": "[" * 100_000, "gold": "[" * 100_000})]
+    assert main(["grade", str(_write(tmp_path, lines))]) == 0
+    out, err = capsys.readouterr()
+    verdicts = [json.loads(x) for x in out.splitlines()]
+    assert [v["correct"] for v in verdicts] == [True, False, False] and "Traceback" not in err

@@ -218,7 +218,7 @@ def test_grpo_three_steps_with_vllm_rollouts(tiny, tmp_path, shared_engine_close
                      rewards=["format"], engine="vllm", vllm_kv_cache_gb=KV_CACHE_GB, tis_cap=2.0)
     m = run_stage("grpo", cfg, tiny, "tiny", tmp_path, torch.device("cpu"), progress=False)
     assert m["status"] == "done", m
-    rows = [json.loads(x) for x in Path(m["dir"], "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in Path(tmp_path, m["dir"], "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     # vLLM's sampling log-probs against the trainer's pi_old: the same fp32 function, so float noise only
     assert all(r["mismatch/mean_abs_logp_diff"] < 1e-3 and abs(r["mismatch/kl"]) < 1e-5 for r in rows)

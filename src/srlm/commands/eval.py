@@ -161,13 +161,18 @@ def run(args) -> int:
         if problems:
             raise UserError(f"{out} holds an evaluation with other settings ({'; '.join(problems)}); "
                             f"use another --out, or --overwrite to discard it")
-    engine, tokenizer = build_engine(args.engine, EngineOptions(
-        model=args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
-        batch_size=args.batch_size, seed=args.seed, base_url=args.base_url, api_key=args.api_key,
-        concurrency=args.concurrency, gpu_memory_utilization=args.gpu_memory_utilization,
-        kv_cache_gb=args.kv_cache_gb, tensor_parallel_size=args.tensor_parallel_size))
-    summary = evaluate(engine, tokenizer, cfg, out, model_name=args.model, progress=not args.no_progress,
-                       overwrite=args.overwrite, engine_name=args.engine)
+    from contextlib import nullcontext
+
+    from srlm.runlock import locked
+
+    with locked(out) if world()[0] == 0 else nullcontext():  # one evaluation per folder (rank 0 holds it)
+        engine, tokenizer = build_engine(args.engine, EngineOptions(
+            model=args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
+            batch_size=args.batch_size, seed=args.seed, base_url=args.base_url, api_key=args.api_key,
+            concurrency=args.concurrency, gpu_memory_utilization=args.gpu_memory_utilization,
+            kv_cache_gb=args.kv_cache_gb, tensor_parallel_size=args.tensor_parallel_size))
+        summary = evaluate(engine, tokenizer, cfg, out, model_name=args.model, progress=not args.no_progress,
+                           overwrite=args.overwrite, engine_name=args.engine)
     if world()[0] == 0:
         print(summary_table({**summary, "benchmarks": {r.name: summary["benchmarks"][r.name]
                                                        for r in cfg.benchmarks}}))

@@ -74,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     from srlm.grading import grade  # imported here so `srlm --help` stays fast
 
     pairs = read_pairs(Path(args.file), args.response_field, args.gold_field)
+    if not pairs:  # an accuracy of 0/0 would read as a result
+        from srlm.errors import UserError
+
+        raise UserError(f"{args.file}: no lines to grade (the file is empty)")
     start = time.perf_counter()
     correct = failures = 0
     verdicts = []
