@@ -7,6 +7,7 @@ import torch
 
 from srlm.engines import lean as lean_module
 from srlm.engines.lean import LeanForward, LeanLayerCache, lean_unsupported
+from srlm.hf_compat import cache_kwargs
 
 
 def _model(kind: str, **extra):
@@ -225,13 +226,13 @@ def test_lean_follows_a_position_dependent_rotary_scaling():
     cache, hf_cache = lean.new_cache(), DynamicCache()
     with torch.no_grad():
         got = lean(ids, mask, pos, cache)
-        want = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=hf_cache).logits[:, -1]
+        want = model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache_kwargs(hf_cache)).logits[:, -1]
         for _ in range(3):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
             nxt = got.argmax(-1, keepdim=True)
             mask, pos = torch.cat([mask, torch.ones_like(nxt)], 1), pos[:, -1:] + 1
             got = lean(nxt, mask, pos, cache)
-            want = model(input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=hf_cache).logits[:, -1]
+            want = model(input_ids=nxt, attention_mask=mask, position_ids=pos, **cache_kwargs(hf_cache)).logits[:, -1]
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
