@@ -14,6 +14,7 @@ manifest says done, resumes the one that was interrupted, and stops a pipeline a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -383,7 +384,8 @@ def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None
         if n not in cfg.pipelines:
             raise UserError(f"no pipeline {n!r}; pipelines: {', '.join(cfg.pipelines)}")
     check_engines_available(cfg, names)
-    with locked(run_dir):  # one process per run folder
+    # one process per run folder; under torchrun / accelerate launch every rank runs this, rank 0 holds it
+    with locked(run_dir) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
         conflicts = eval_conflicts(cfg, run_dir, names)
         if conflicts:
             raise UserError(f"eval: the run folder holds evaluations with another protocol: {', '.join(conflicts)}; "

@@ -44,3 +44,17 @@ def test_another_hosts_lock_is_refused_with_the_file_to_delete(tmp_path):
     with pytest.raises(UserError) as err:
         acquire(tmp_path)
     assert "on host elsewhere" in str(err.value) and str(tmp_path / LOCK_FILE) in str(err.value)
+
+
+def test_under_a_launcher_only_rank_0_holds_the_run_folder(tmp_path, monkeypatch):
+    """Every rank of `torchrun srlm run` runs the same command on one folder: only rank 0 takes the lock."""
+    import srlm.pipeline as pipeline
+    from srlm.config import load_config
+
+    cfg = load_config(None, [f"run_dir={tmp_path}", "pipelines={a: {stages: []}}"])
+    monkeypatch.setattr(pipeline, "_run_all", lambda *a: ["ran"])
+    with locked(tmp_path):  # rank 0, say
+        with pytest.raises(UserError, match="in use by pid"):
+            pipeline.run_all(cfg, progress=False)
+        monkeypatch.setenv("RANK", "1")
+        assert pipeline.run_all(cfg, progress=False) == ["ran"]
