@@ -222,6 +222,9 @@ class GRPOConfig(OptimConfig):
     )
     mask_truncated: bool = Field(False, description="Give truncated completions no gradient.")
     dynamic_sampling: bool = Field(False, description="Drop zero-variance groups and refill the batch.")
+    no_signal_steps: int = Field(
+        5, ge=0, description="Warn once when for this many steps in a row the format rate is 0 and every group "
+                             "has equal rewards (RL cannot learn; start from SFT); 0: never.")
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="Rollout engine: `hf` shares the policy's weights (CPU/GPU); `vllm` holds a "
                           "copy that gets the policy's weights after every update.")

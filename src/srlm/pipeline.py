@@ -182,7 +182,7 @@ def run_pipeline(cfg: RunConfig, name: str, run_dir: Path, device, progress: boo
         run_progress.in_pipeline(folder)
         m = run_stage(kind, scfg, path, key, run_dir, device, progress, teacher_key)
         stages.append({"kind": kind, "status": m["status"], "reason": m.get("reason"), "dir": m["dir"],
-                       "cost": m.get("cost", {})})
+                       "cost": m.get("cost", {}), "warnings": (m.get("metrics") or {}).get("warnings", [])})
         if m["status"] != "done":
             return _finish(run_dir, folder, PipelineResult(name, m["status"], stages, None, None, m.get("reason")))
         path, key = run_dir / m["output"]["checkpoint"], m["output"]["key"]

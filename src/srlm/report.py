@@ -20,7 +20,7 @@ class Row:
     label: str
     status: str  # done | collapsed | failed | running
     benchmarks: dict[str, dict] = field(default_factory=dict)  # name -> summary of evaluate.summarize
-    stages: list[dict] = field(default_factory=list)  # [{kind, status, reason, dir, cost}]
+    stages: list[dict] = field(default_factory=list)  # [{kind, status, reason, dir, cost, warnings}]
     reason: str | None = None
     folder: str = ""  # the pipeline's folder in the run directory
     start: str = ""  # the starting model (hub id or folder) of its first stage
@@ -473,6 +473,8 @@ def report_sections(rows: list[Row], gains: list[Gain] = (), stages: list[StageC
                                 "what it costs to reproduce that row alone. The `whole run` line counts each "
                                 "shared stage once.", total_rows=1))
     notes = [f"**{r.label}**: {r.status}: {r.reason}" for r in rows if r.status != "done" and r.reason]
+    notes += [f"**{r.label}**: {st['kind']} stage warned: {w}" for r in rows for st in r.stages
+              for w in st.get("warnings", [])]
     if notes:
         sections.append(Section("Problems", items=notes))
     return sections

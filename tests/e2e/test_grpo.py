@@ -286,3 +286,42 @@ def test_an_engine_with_its_own_weights_gets_the_policy_after_every_update(tiny,
     assert all(torch.allclose(served[k], final[k], atol=1e-6) for k in final)
     start = load_file(str(Path(tiny) / "model.safetensors"))
     assert any(not torch.equal(start[k], final[k]) for k in final)  # the policy did move
+
+
+def test_a_model_that_never_writes_the_tags_skips_its_updates_and_warns_once(tiny, tmp_path, monkeypatch, capsys):
+    """The untrained tiny model never writes the whole <think>/<answer> format (format rate 0); a reward that
+    gives every such sample -1 (the format reward's verdict on them) makes every advantage zero. No training pass runs, the metrics say the update
+    was skipped, the weights stay as they were, and one plain warning says why (also in the stage summary
+    and the report)."""
+    import srlm.train.grpo as grpo
+    from srlm.report import Row, report_sections
+
+    passes = []
+    monkeypatch.setattr(grpo, "grpo_update", lambda *a, **kw: passes.append(1) or {})
+    monkeypatch.setitem(REWARDS, "never_formatted", lambda text, gold: -1.0)
+    cfg = _cfg(steps=4, rewards=["never_formatted"], no_signal_steps=3, collapse={"enabled": False})
+    m = run_stage("grpo", cfg, tiny, "tiny", tmp_path, torch.device("cpu"), progress=False)
+    assert m["status"] == "done" and passes == [], m["reason"]
+    metrics = [json.loads(x) for x in Path(m["dir"], "metrics.jsonl").read_text().splitlines()]
+    assert [x["skipped_update"] for x in metrics] == [1.0] * 4
+    assert all(x["format_rate"] == 0 and x["zero_var_groups"] == 1.0 for x in metrics)
+    assert ["warning" in x for x in metrics] == [False, False, True, False]  # at the 3rd step, once
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "start from an SFT checkpoint" in warned[0]
+    assert m["metrics"]["warnings"] == [metrics[2]["warning"]]
+    from safetensors.torch import load_file
+
+    start = load_file(str(Path(tiny) / "model.safetensors"))
+    final = load_file(str(Path(m["output"]["checkpoint"]) / "model.safetensors"))
+    assert all(torch.equal(start[k], final[k]) for k in start)
+    row = Row("instruct + RL", "done", stages=[{"kind": "grpo", "warnings": m["metrics"]["warnings"]}])
+    notes = [item for sec in report_sections([row]) for item in (sec.items or [])]
+    assert any("grpo stage warned" in n and "SFT checkpoint" in n for n in notes)
+
+
+def test_updates_run_when_some_group_has_signal(tiny, tmp_path, variety_reward):
+    m = run_stage("grpo", _cfg(steps=2, rewards=[variety_reward]), tiny, "tiny", tmp_path, torch.device("cpu"),
+                  progress=False)
+    metrics = [json.loads(x) for x in Path(m["dir"], "metrics.jsonl").read_text().splitlines()]
+    assert [x["skipped_update"] for x in metrics] == [0.0, 0.0] and all("loss" in x for x in metrics)
+    assert m["metrics"]["warnings"] == []

@@ -91,6 +91,28 @@ class CollapseGuard:
         return None
 
 
+class NoSignalWatch:
+    """Says, once, when RL cannot learn: for `steps` steps in a row no rollout was in the answer format and
+    every group's rewards were equal (so every advantage was zero and every update was skipped). A model
+    that never writes the tags gets the same format reward on every sample, and nothing in GRPO's
+    group-relative signal can teach it to."""
+
+    MESSAGE = ("for {n} steps in a row no rollout was in the answer format (format rate 0) and every group's "
+               "rewards were equal, so there was nothing to learn from and the updates were skipped: start "
+               "from an SFT checkpoint, or use a prompt this model follows")
+
+    def __init__(self, steps: int):
+        self.steps, self.run, self.said = steps, 0, False
+
+    def update(self, format_rate: float, zero_var_groups: float) -> str | None:
+        """The warning at the step where the run of such steps reaches `steps` (once per stage), else None."""
+        self.run = self.run + 1 if format_rate == 0 and zero_var_groups >= 1.0 else 0
+        if self.steps and self.run >= self.steps and not self.said:
+            self.said = True
+            return self.MESSAGE.format(n=self.run)
+        return None
+
+
 def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress: bool = True) -> dict:
     """Train with GRPO from `model_dir`; write `out_dir/checkpoint`. Returns a summary with `status`.
 
@@ -150,6 +172,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     status, reason, last = "done", None, {}
     t_stage, tokens = time.perf_counter(), 0
+    no_signal, warnings = NoSignalWatch(cfg.no_signal_steps), []
     try:
         for step in range(start, cfg.steps):
             timer, t_step = Timer(), time.perf_counter()
@@ -167,22 +190,34 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
                 rewards = sum(w * per_reward[n] for n, w in zip(cfg.rewards, weights))  # [B]
                 advantages = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards)  # [B]
                 grades = [grade(t, g) for t, g in zip(texts, golds)]
-            # ---- mu passes of clipped-ratio updates
+            # ---- mu passes of clipped-ratio updates; none when every advantage is zero: the clipped
+            # objective has no gradient then, so the passes would be spent for (almost) nothing
+            seqs = [(prompt_ids[i], c) for i, group in zip(batch_idx, completions) for c in group]
+            skip = all_reduce_sum(float(bool(advantages.ne(0).any())), d) == 0
             with timer.phase("train"):
-                seqs = [(prompt_ids[i], c) for i, group in zip(batch_idx, completions) for c in group]
-                stats = grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id, d, use_bf16)
-                _sync_engine(engine, model)
+                if skip:
+                    stats = {"skipped_update": 1.0}
+                else:
+                    stats = {**grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id, d, use_bf16),
+                             "skipped_update": 0.0}
+                    _sync_engine(engine, model)
             tokens += sum(len(p) + len(c.token_ids) for p, c in seqs)
             timer.seconds["step"] = time.perf_counter() - t_step
             last = {"step": step + 1,
                     **_rollout_metrics(per_reward, rewards, grades, completions, cfg.group_size, d),
                     "dropped_groups": n_dropped, **stats, "lr": sched.get_last_lr()[0],
                     **{f"seconds/{k}": v for k, v in timer.seconds.items()}}
+            warning = no_signal.update(last["format_rate"], last["zero_var_groups"])
+            if warning:
+                warnings.append(warning)
+                last["warning"] = warning
+                if d.main:
+                    print(f"grpo: warning: {warning}", file=sys.stderr, flush=True)
             log.log(last)
             bar.set_postfix(reward=f"{last['reward']:.2f}", acc=f"{last['accuracy']:.2f}",
-                            fmt=f"{last['format_rate']:.2f}", kl=f"{last['kl']:.3f}")
+                            fmt=f"{last['format_rate']:.2f}", kl="skipped" if skip else f"{last['kl']:.3f}")
             bar.update(1)
-            why = guard.check(last["loss"], last["format_rate"], last["entropy"], last["reward"])
+            why = None if skip else guard.check(last["loss"], last["format_rate"], last["entropy"], last["reward"])
             if why:
                 raise Collapsed(why)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps and d.main:
@@ -200,6 +235,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
         if status == "done":
             shutil.rmtree(resume_dir, ignore_errors=True)
     return {"status": status, "reason": reason, "steps": last.get("step", start), "tokens": tokens,
+            "warnings": warnings,
             "final": {k: v for k, v in last.items() if not k.startswith("seconds/")},
             "train_seconds": time.perf_counter() - t_stage}
 
