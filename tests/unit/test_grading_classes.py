@@ -163,6 +163,13 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("which gives \\( (9+1) \\)", "10", True),
         ("which gives \\( (9+1) \\)", "1", False),
     ],
+    "units_of_one_letter": [
+        ("Final Answer: The final answer is 27^\\circ C. I hope it is correct.", "27", True),
+        ("Final Answer: The final answer is 1.2e8 m/s. I hope it is correct.", "1.2e5 \\mathrm{~km/s}", True),
+        ("Final Answer: The final answer is 1.2e8 m/s. I hope it is correct.", "1.2e5", False),
+        ("Final Answer: The final answer is 9.8 m/s^2. I hope it is correct.", "9.8", True),
+        ("Final Answer: The final answer is 9.8 m/s^2. I hope it is correct.", "9.9", False),
+    ],
     "sets_and_ratios": [
         ("$\\boxed{\\{1,2\\}\\cup\\{3\\}}$", "\\{1,2,3\\}", True),
         ("$\\boxed{\\{1,2\\}\\cup\\{4\\}}$", "\\{1,2,3\\}", False),

@@ -18,8 +18,9 @@ from srlm.grading.rewards import REWARDS, combine_rewards, get_reward
 # choice gold; a decimal comma against a decimal gold. 2.5: an exact irrational answer rounds to a rounded
 # gold (`\frac{\sqrt3}{2}` for `0.866`). 2.6: a restated task ("we need to simplify $…$") is not an
 # answer; a chain with variables counts only as an identity. 2.7: a one-sentence answer in the tags whose
-# last number only points back states its first value.
-GRADER_VERSION = "2.7"
+# last number only points back states its first value. 2.8: rates of one-letter units (`m/s`) and `C`
+# are units.
+GRADER_VERSION = "2.8"
 
 __all__ = [
     "GRADER_VERSION",

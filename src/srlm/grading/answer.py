@@ -21,7 +21,7 @@ from fractions import Fraction
 from srlm.grading.evaluate import contains, expand_pm
 from srlm.grading.expression import FUNCTIONS, INF, ParseError, TooLarge, expand_repeating_decimals, parse_tokens
 from srlm.grading.tokens import Token, TokenizeError, tokenize
-from srlm.grading.units import SINGLE_LETTER_UNITS
+from srlm.grading.units import SINGLE_LETTER_UNITS, unit_scale
 
 _OPENERS = {"(", "[", "{", "\\{"}
 _CLOSERS = {")", "]", "}", "\\}"}
@@ -365,6 +365,8 @@ def _strip_unit(tokens: list[Token]) -> tuple[list[Token], str | None]:
             j -= 1
             continue
         break
+    if j == len(tokens):
+        j = _compound_unit_start(tokens)
     if j == len(tokens) or j == 0:
         return tokens, None
     value, unit = tokens[:j], tokens[j:]
@@ -373,6 +375,19 @@ def _strip_unit(tokens: list[Token]) -> tuple[list[Token], str | None]:
     unit_text = "".join(v if k != "cmd" else "\\" + v for k, v in unit)
     unit_text = unit_text.replace(" ", "").replace("\\cdot", "*")
     return value, unit_text
+
+
+def _compound_unit_start(tokens: list[Token]) -> int:
+    """Where a trailing rate of known one-letter units starts (``1.2e8 m/s``, ``9.8 m/s^2``), or
+    ``len(tokens)``. Alone a one-letter word may be a variable (``5 m``); in a rate it is a unit."""
+    j = len(tokens)
+    if j >= 2 and tokens[-1].kind == "num" and tokens[-2] == Token("op", "^"):
+        j -= 2
+    if j < 4 or tokens[j - 2] != Token("op", "/") or tokens[j - 1].kind != "word" or tokens[j - 3].kind != "word":
+        return len(tokens)
+    start = j - 3
+    text = "".join(t.value for t in tokens[start:])
+    return start if unit_scale(text) is not None else len(tokens)
 
 
 def _is_numeric(tokens: list[Token]) -> bool:

@@ -51,7 +51,7 @@ MULTIPLIERS = {"thousand": Fraction(10**3), "million": Fraction(10**6), "billion
                "trillion": Fraction(10**12)}
 
 # One-letter units are also common variable names; they are only stripped as an alternative reading.
-SINGLE_LETTER_UNITS = frozenset("msgKJNWVAL")
+SINGLE_LETTER_UNITS = frozenset("msgKJNWVALC")
 
 _POWER = re.compile(r"^(.*?)\^\{?(-?\d)\}?$")
 _SQUARE = re.compile(r"^(?:square|sq)(.+)$")
