@@ -302,7 +302,7 @@ def test_a_model_that_never_writes_the_tags_skips_its_updates_and_warns_once(tin
     cfg = _cfg(steps=4, rewards=["never_formatted"], no_signal_steps=3, collapse={"enabled": False})
     m = run_stage("grpo", cfg, tiny, "tiny", tmp_path, torch.device("cpu"), progress=False)
     assert m["status"] == "done" and passes == [], m["reason"]
-    metrics = [json.loads(x) for x in Path(m["dir"], "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x) for x in Path(tmp_path, m["dir"], "metrics.jsonl").read_text().splitlines()]
     assert [x["skipped_update"] for x in metrics] == [1.0] * 4
     assert all(x["format_rate"] == 0 and x["zero_var_groups"] == 1.0 for x in metrics)
     assert ["warning" in x for x in metrics] == [False, False, True, False]  # at the 3rd step, once
@@ -312,7 +312,7 @@ def test_a_model_that_never_writes_the_tags_skips_its_updates_and_warns_once(tin
     from safetensors.torch import load_file
 
     start = load_file(str(Path(tiny) / "model.safetensors"))
-    final = load_file(str(Path(m["output"]["checkpoint"]) / "model.safetensors"))
+    final = load_file(str(Path(tmp_path, m["output"]["checkpoint"]) / "model.safetensors"))
     assert all(torch.equal(start[k], final[k]) for k in start)
     row = Row("instruct + RL", "done", stages=[{"kind": "grpo", "warnings": m["metrics"]["warnings"]}])
     notes = [item for sec in report_sections([row]) for item in (sec.items or [])]
@@ -322,6 +322,6 @@ def test_a_model_that_never_writes_the_tags_skips_its_updates_and_warns_once(tin
 def test_updates_run_when_some_group_has_signal(tiny, tmp_path, variety_reward):
     m = run_stage("grpo", _cfg(steps=2, rewards=[variety_reward]), tiny, "tiny", tmp_path, torch.device("cpu"),
                   progress=False)
-    metrics = [json.loads(x) for x in Path(m["dir"], "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x) for x in Path(tmp_path, m["dir"], "metrics.jsonl").read_text().splitlines()]
     assert [x["skipped_update"] for x in metrics] == [0.0, 0.0] and all("loss" in x for x in metrics)
     assert m["metrics"]["warnings"] == []
