@@ -163,6 +163,13 @@ CLASSES: dict[str, list[tuple[str, str, bool]]] = {
         ("which gives \\( (9+1) \\)", "10", True),
         ("which gives \\( (9+1) \\)", "1", False),
     ],
+    "step_functions": [
+        # Floors are constant over small ranges, so different ones must be told apart at spread points.
+        ("$\\boxed{\\lfloor\\sqrt{n-1}\\rfloor}$", "\\lfloor\\frac{2 n-1}{5}\\rfloor", False),
+        ("$\\boxed{\\lfloor\\frac{2n-1}{5}\\rfloor}$", "\\lfloor\\frac{2 n-1}{5}\\rfloor", True),
+        ("$\\boxed{\\lceil \\frac{n}{2} \\rceil}$", "\\lfloor \\frac{n}{2} \\rfloor", False),
+        ("$\\boxed{\\lfloor \\frac{n}{2} \\rfloor + 1}$", "\\lfloor \\frac{n+2}{2} \\rfloor", True),
+    ],
     "units_of_one_letter": [
         ("Final Answer: The final answer is 27^\\circ C. I hope it is correct.", "27", True),
         ("Final Answer: The final answer is 1.2e8 m/s. I hope it is correct.", "1.2e5 \\mathrm{~km/s}", True),

@@ -19,8 +19,8 @@ from srlm.grading.rewards import REWARDS, combine_rewards, get_reward
 # gold (`\frac{\sqrt3}{2}` for `0.866`). 2.6: a restated task ("we need to simplify $…$") is not an
 # answer; a chain with variables counts only as an identity. 2.7: a one-sentence answer in the tags whose
 # last number only points back states its first value. 2.8: rates of one-letter units (`m/s`) and `C`
-# are units.
-GRADER_VERSION = "2.8"
+# are units. 2.9: step functions (floor, ceiling, factorial, binomial) are also compared at spread points.
+GRADER_VERSION = "2.9"
 
 __all__ = [
     "GRADER_VERSION",

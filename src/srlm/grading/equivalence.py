@@ -32,8 +32,8 @@ from functools import lru_cache
 
 from srlm.grading.answer import INFINITY, NEG_INFINITY, Scalar, parse_answer, text_words
 from srlm.grading.extract import last_number
-from srlm.grading.evaluate import (EvalError, close, contains, exact_value, fold_symbol_case, free_symbols,
-                                   numeric_value)
+from srlm.grading.evaluate import (WIDE_POINTS_FROM, EvalError, close, contains, exact_value, fold_symbol_case,
+                                   free_symbols, numeric_value)
 from srlm.grading.normalize import Normalized, normalize_answer
 from srlm.grading.symbolic import symbolic_equal
 from srlm.grading.units import MULTIPLIERS, conversion_factor
@@ -710,9 +710,13 @@ def _rationals_equal(gv: Fraction, pv: Fraction, g: Scalar, p: Scalar, ctx: _Con
 
 
 def _same_function(a_tree: tuple, b_tree: tuple, scale: float) -> bool:
-    """Equal at every sample point where both have a value (at least two such points)."""
+    """Equal at every sample point where both have a value (at least two such points); step functions
+    are also compared at widely spread points (`evaluate.sample_value`)."""
     agreed = 0
-    for point in range(_SAMPLE_POINTS):
+    points = list(range(_SAMPLE_POINTS))
+    if any(contains(t, kind) for t in (a_tree, b_tree) for kind in ("floor", "ceil", "fact", "binom")):
+        points += list(range(WIDE_POINTS_FROM, WIDE_POINTS_FROM + 6))
+    for point in points:
         try:
             a = numeric_value(a_tree, point)
             b = numeric_value(b_tree, point) * scale

@@ -19,6 +19,7 @@ from fractions import Fraction
 _MAX_EXACT_BITS = 20_000
 _MAX_FACTORIAL = 300
 _SAMPLE_LOW, _SAMPLE_SPAN = 0.55, 1.35
+WIDE_POINTS_FROM = 16
 
 
 class EvalError(ArithmeticError):
@@ -172,8 +173,13 @@ def _int_root(n: int, q: int) -> int | None:
 
 
 def sample_value(name: str, point: int) -> float:
-    """The value given to variable ``name`` at sample ``point``: fixed, so runs are reproducible."""
+    """The value given to variable ``name`` at sample ``point``: fixed, so runs are reproducible.
+
+    Points from ``WIDE_POINTS_FROM`` on spread over [2, 62): step functions (floor, ceiling) are constant
+    over the narrow range of the first points, so two different ones would agree there."""
     h = zlib.crc32(f"{name}\x00{point}".encode("utf-8", "replace"))
+    if point >= WIDE_POINTS_FROM:
+        return 2 + 60 * (h % 100_003) / 100_003
     return _SAMPLE_LOW + _SAMPLE_SPAN * (h % 100_003) / 100_003
 
 
