@@ -193,3 +193,16 @@ def test_eval_with_openai_engine_against_local_server(model_dir, tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.mark.e2e
+def test_a_second_eval_on_one_out_folder_is_refused(model_dir, tmp_path, capsys):
+    from srlm.runlock import locked
+
+    out = tmp_path / "eval"
+    with locked(out):  # as if another `srlm eval --out` (this very process) were writing there
+        assert main(["eval", "--model", str(model_dir), "--benchmarks", "synthetic", "--out", str(out),
+                     "--no-progress", "--limit", "2", "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"in use by pid {os.getpid()}" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "synthetic").exists()
