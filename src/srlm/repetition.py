@@ -24,8 +24,8 @@ import numpy as np
 # Defaults for the characters of a response: at least 4 copies covering at least 200 characters.
 MIN_REPEATS = 4
 MIN_SPAN_CHARS = 200
-# For token ids (the engine's early stop): the same count of copies over at least 64 tokens (about 200
-# characters), so a sequence the engine stops is also one the character detector counts.
+# For token ids (the engine's cheap first test before it confirms on the decoded text): the same count
+# of copies over at least 64 tokens.
 MIN_SPAN_TOKENS = 64
 # Only the last `WINDOW` elements are examined: the longest detectable unit is WINDOW / min_repeats.
 WINDOW = 8192

@@ -44,7 +44,7 @@ def tiny(tmp_path_factory):
 
 def test_hf_engine_stops_a_loop_early(tiny):
     from srlm.engines.hf import HFEngine
-    from srlm.repetition import tokens_end_in_loop
+    from srlm.repetition import ends_in_loop, tokens_end_in_loop
 
     model, tok = tiny
     engine = HFEngine(model, tok, batch_size=4)
@@ -57,7 +57,8 @@ def test_hf_engine_stops_a_loop_early(tiny):
         assert f.finish_reason == "length" and len(f.token_ids) == 400
         assert c.finish_reason == "repetition" and len(c.token_ids) < 400
         assert f.token_ids[:len(c.token_ids)] == c.token_ids  # the same response, ended early
-        assert tokens_end_in_loop(c.token_ids) and not tokens_end_in_loop(c.token_ids[:-32])  # caught in time
+        assert tokens_end_in_loop(c.token_ids) and ends_in_loop(c.text)  # counted by repetition_rate too
+        assert not ends_in_loop(tok.decode(c.token_ids[:-32], skip_special_tokens=True))  # caught in time
 
 
 def test_stop_repetition_needs_an_engine_that_honours_it(tmp_path):

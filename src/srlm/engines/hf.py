@@ -23,7 +23,8 @@ from srlm.data.collate import distinct_left_padded
 from srlm.engines.base import Completion, SamplingParams, prompt_seeds
 from srlm.engines.lean import LeanForward, LeanLayerCache, lean_unsupported
 from srlm.hf_compat import cache_kwargs
-from srlm.repetition import tokens_end_in_loop
+from srlm.repetition import WINDOW as REPETITION_WINDOW
+from srlm.repetition import ends_in_loop, tokens_end_in_loop
 
 # With `SamplingParams.stop_repetition`, a row's tokens are tested for a loop every this many tokens (a
 # test costs well under a millisecond; a loop is caught at most this many tokens late).
@@ -285,7 +286,7 @@ class HFEngine:
                 if stop or (stops.strings and self._hit_stop_string(row.tokens, stops)):
                     row.finish_reason = "stop"
                 elif (sampling.stop_repetition and len(row.tokens) % REPETITION_CHECK_EVERY == 0
-                      and tokens_end_in_loop(row.tokens)):
+                      and self._ends_in_loop(row.tokens)):
                     row.finish_reason = "repetition"
                 elif len(row.tokens) < sampling.max_new_tokens:
                     live += 1
@@ -304,6 +305,12 @@ class HFEngine:
                 batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
             batch.logits = self._forward(tok[:, None], batch.mask, batch.next_pos, batch.cache)
             batch.next_pos = batch.next_pos + 1
+
+    def _ends_in_loop(self, tokens: list[int]) -> bool:
+        """A loop in the token ids (cheap, vectorised), confirmed on the decoded text: the text test is
+        the one evaluation's `repetition_rate` counts, so every sequence stopped here is counted there."""
+        return tokens_end_in_loop(tokens) and ends_in_loop(
+            self.tokenizer.decode(tokens[-REPETITION_WINDOW:], skip_special_tokens=True))
 
     def _hit_stop_string(self, tokens: list[int], stops: _Stops) -> bool:
         tail = self.tokenizer.decode(tokens[-stops.tail_tokens:], skip_special_tokens=False)
