@@ -359,6 +359,8 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
         summary["format_rate"] = None  # n/a: this prompt never asked for the <think>/<answer> format
     if rank == 0 and summary["grader_audit"] is not None:
         _write_lines(bench_dir / DISAGREEMENTS_FILE, disagreements(samples))
+    elif rank == 0:
+        (bench_dir / DISAGREEMENTS_FILE).unlink(missing_ok=True)  # an earlier audited run's, now stale
     summary["dataset"] = {"split": ref.split, "path": ref.path, "limit": ref.limit, "options": ref.options}
     summary["max_new_tokens"] = sampling.max_new_tokens  # after the context cap
     if not summary["complete"]:

@@ -121,6 +121,11 @@ def test_evaluation_records_the_audit(worker, tmp_path, prompt, audit):
         assert all("math_verify" not in s for s in samples) and summary["grader_audit"] is None
         assert not disagreements_file.exists()
         assert summary["format_rate"] is None  # the boxed prompt never asked for it: n/a
+    # Evaluated afresh into the same folder with the audit the other way round: no stale file is left.
+    cfg = cfg.model_copy(update={"grader_audit": not audit})
+    again = evaluate(_Canned(responses), _Tokenizer(), cfg, tmp_path, "canned", overwrite=True)["benchmarks"]["gsm8k"]
+    assert (again["grader_audit"] is None) == audit
+    assert disagreements_file.exists() != audit
 
 
 def test_report_shows_grader_agreement_and_na_format():
