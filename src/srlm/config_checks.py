@@ -132,8 +132,10 @@ def tiny_problems(key: str, tiny) -> list[str]:
     return out
 
 
-def stage_problems(key: str, kind: str, scfg, pipelines: Iterable[str], model_modules: set[str] | None) -> list[str]:
-    """Every check of one stage config (a section like `grpo`, or a pipeline's stage merged with it)."""
+def stage_problems(key: str, kind: str, scfg, pipelines: Iterable[str], model_modules: set[str] | None,
+                   in_pipeline: bool = False) -> list[str]:
+    """Every check of one stage config (a section like `grpo`, or, `in_pipeline`, a pipeline's stage merged
+    with it; `model_modules`: the module names of its start model, when known)."""
     out = []
     for field, registry in STAGE_NAMES.items():
         if field not in type(scfg).model_fields:
@@ -158,6 +160,9 @@ def stage_problems(key: str, kind: str, scfg, pipelines: Iterable[str], model_mo
             out.append(f"{key}.epsilon_high: {scfg.epsilon_high} is below epsilon {scfg.epsilon}")
     if kind in ("kd", "distill"):
         out += model_problems(f"{key}.teacher", scfg.teacher, pipelines)
+    if kind == "distill" and scfg.teacher is None and in_pipeline:
+        out.append(f"{key}.teacher: logit-level distillation needs a teacher (a pipeline of this config, a "
+                   f"model folder or a hub id)")
     lora = getattr(scfg, "lora", None)
     if lora is not None and lora.enabled and model_modules is not None:
         missing = [t for t in lora.target_modules if t not in model_modules]
@@ -233,7 +238,7 @@ def check_config(cfg) -> None:
         own = len(pipeline_stages(cfg, name)) - len(p.stages)  # stages inherited through `extends`
         for i, (kind, scfg) in enumerate(pipeline_stages(cfg, name)[own:]):
             key = f"pipelines.{name}.stages.{i}"
-            for problem in stage_problems(key, kind, scfg, pipelines, modules_of(start)):
+            for problem in stage_problems(key, kind, scfg, pipelines, modules_of(start), in_pipeline=True):
                 if problem.removeprefix(key + ".") not in section_problems.get(kind, set()):
                     problems.append(problem)
     if problems:

@@ -34,6 +34,7 @@ CASES = [
      "pipeline of this config; did you mean 'base'?"),
     (["pipelines={a: {start: ./nowhere}}"], "pipelines.a.start: './nowhere' is not a folder"),
     (["run_dir="], "run_dir: empty"),
+    (["pipelines={a: {stages: [{kind: distill}]}}"], "pipelines.a.stages.0.teacher: logit-level distillation needs"),
     (["data_path=/no/such/data"], "data_path: path not found"),
     (["pipelines={a: {stages: [{kind: grpo, aggregation: nope}]}}"], "pipelines.a.stages.0.aggregation: unknown name"),
 ]
