@@ -64,3 +64,11 @@ def test_decode_step_runs(tiny):
     out = run_benchmark("decode_step.py", "--model", str(tiny), "--rows", "4", "--width", "8", "--rounds", "1",
                         "--steps", "3")
     assert out["packed_step_us"] > 0 and out["plain_step_us"] > 0 and out["rows"] == 4
+
+
+def test_stop_repetition_runs(tiny):
+    # the random tiny model loops when greedy: stopping the loops saves tokens and changes no answer
+    out = run_benchmark("stop_repetition.py", "--model", str(tiny), "--limit", "4", "--max-new-tokens", "300",
+                        "--temperature", "0", "--rounds", "1")
+    assert out["runs"]["off"][0]["truncation_rate"] == 1.0 and out["runs"]["on"][0]["repetition_stopped_rate"] > 0
+    assert out["saved"]["tokens"] > 0 and out["saved"]["accuracy_change"] == 0
