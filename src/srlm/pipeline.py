@@ -5,7 +5,9 @@ Layout of a run folder:
     RUN/stages/<kind>-<key>/             one stage: manifest.json, config.yaml, metrics.jsonl, checkpoint/
     RUN/<pipeline>/pipeline.json         which stage folders the pipeline went through, and its status
     RUN/<pipeline>/eval/                 <benchmark>/samples.jsonl and summary.json of its final checkpoint
-    RUN/report.md (+ csv, tex, png)      the tables and plots of every pipeline
+    RUN/<pipeline>/seed<s>/              one run per training seed (pipeline.json, eval/) when it has `seeds`
+    RUN/start_<model>/                   a starting model evaluated as it is, for its own report row
+    RUN/report.md, report.html (+ csv, tex, png)  the tables and plots of every pipeline
 
 A stage's key hashes its kind, its resolved config and its input checkpoint's key, so a prefix shared by
 several pipelines (the SFT stage of `sft` and `sft+rl`) runs once, and re-running skips every stage whose
