@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise  # a bug, or something unexpected: keep the traceback
-        print(f"srlm: error: {e.strerror}: {e.filename or 'writing output'}; free space or fix permissions, "
+        print(f"srlm: error: {e.strerror or e}: {e.filename or 'writing output'}; free space or fix permissions, "
               f"then re-run the same command to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

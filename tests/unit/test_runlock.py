@@ -58,3 +58,4 @@ def test_under_a_launcher_only_rank_0_holds_the_run_folder(tmp_path, monkeypatch
             pipeline.run_all(cfg, progress=False)
         monkeypatch.setenv("RANK", "1")
         assert pipeline.run_all(cfg, progress=False) == ["ran"]
+
