@@ -9,6 +9,9 @@ Each workload runs in its own process, so each peak RSS (`ru_maxrss`) is that wo
   3 steps -> `sft_full_peak_gb`, `sft_lora_peak_gb`, `sft_tokens_per_s` (full, median step after the first);
 - grpo: 4 GSM8K prompts x 4 samples x exactly 256 new tokens, the paper's rewards, beta 0.04, 2 steps ->
   `grpo_peak_gb`, `grpo_step_s` (the last step).
+- gen (and gen_vllm with `--vllm-python`, vLLM's CPU build in its own virtual environment): 8 GSM8K
+  prompts x 4 samples x exactly 64 new tokens, temperature 1 -> `gen_tokens_per_s`, `vllm_tokens_per_s`
+  (the generate call's wall time; vLLM's engine start-up excluded), alternated `--rounds` times.
 Timings depend on the machine and its load; compare side by side with ../shared/bench (TRL) in one run.
 """
 
@@ -27,7 +30,48 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-WORKLOADS = ("eval", "sft_full", "sft_lora", "grpo")
+WORKLOADS = ("eval", "sft_full", "sft_lora", "grpo", "gen")
+
+
+def gen_prompts(model: Path) -> list[list[int]]:
+    """The generation workload's prompts: the first 8 GSM8K test questions, chat-formatted, as token ids."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+    rows = [json.loads(x) for x in (DATA / "gsm8k" / "test.jsonl").read_text().splitlines()[:8]]
+    return [tok.encode(tok.apply_chat_template([{"role": "user", "content": r["question"]}], tokenize=False,
+                                               add_generation_prompt=True), add_special_tokens=False) for r in rows]
+
+
+def run_gen(model: Path) -> dict:
+    import torch
+
+    from srlm.engines.base import SamplingParams
+    from srlm.engines.hf import HFEngine
+    from srlm.models import load_model
+
+    lm, tok = load_model(model, torch.device("cpu"), dtype="float32")
+    engine = HFEngine(lm.eval(), tok, batch_size=32)
+    sampling = SamplingParams(max_new_tokens=64, min_new_tokens=64, temperature=1.0, n=4, seed=0)
+    t0 = time.perf_counter()
+    out = engine.generate(gen_prompts(model), sampling)
+    wall = time.perf_counter() - t0
+    return {"gen_tokens_per_s": round(sum(len(c.token_ids) for g in out for c in g) / wall, 1)}
+
+
+def run_gen_vllm(model: Path) -> dict:
+    """vLLM's CPU build on the same prompts (imports only vllm: runs in vLLM's own environment)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import vllm
+
+    llm = vllm.LLM(model=str(model), dtype="float32", seed=0, max_model_len=1024, enforce_eager=True,
+                   enable_chunked_prefill=False, gpu_memory_utilization=0.05, kv_cache_memory_bytes=1 << 30)
+    prompts = [{"prompt_token_ids": p} for p in gen_prompts(model)]
+    params = vllm.SamplingParams(n=4, temperature=1.0, max_tokens=64, min_tokens=64, seed=0)
+    t0 = time.perf_counter()
+    out = llm.generate(prompts, params, use_tqdm=False)
+    wall = time.perf_counter() - t0
+    return {"vllm_tokens_per_s": round(sum(len(c.token_ids) for r in out for c in r.outputs) / wall, 1)}
 
 
 def peak_gb() -> float:
@@ -82,39 +126,64 @@ def run_grpo(model: Path, work: Path) -> dict:
 
 
 def child(name: str, model: Path) -> dict:
+    if name == "gen_vllm":
+        return run_gen_vllm(model)
+    from srlm.cpu import apply_threads
     from srlm.memory import return_freed_memory
 
     return_freed_memory()  # as the `srlm` command does
+    threads = apply_threads(None)  # the cores free now, as `srlm run` / `srlm eval` do by default
     with tempfile.TemporaryDirectory(prefix=f"srlm-real-{name}-") as tmp:
         work = Path(tmp)
         if name == "eval":
-            return run_eval(model, work)
-        if name in ("sft_full", "sft_lora"):
-            return run_sft(model, work, lora=name == "sft_lora")
-        return run_grpo(model, work)
+            out = run_eval(model, work)
+        elif name in ("sft_full", "sft_lora"):
+            out = run_sft(model, work, lora=name == "sft_lora")
+        elif name == "gen":
+            out = run_gen(model)
+        else:
+            out = run_grpo(model, work)
+    return {**out, f"{name}_threads": threads}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "models" / "smollm2-135m-instruct"), help="model folder")
     ap.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {WORKLOADS}")
+    ap.add_argument("--vllm-python", help="python of a virtual environment with vLLM's CPU build (gen workload)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternations of srlm and vLLM generation")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, Path(args.model))))
         return
+
+    def in_child(name: str, python: str = sys.executable) -> dict:
+        env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT / "src"))}
+        if name == "gen_vllm":
+            env.pop("PYTHONPATH")  # vLLM's environment has its own transformers; srlm is not imported there
+        done = subprocess.run([python, __file__, "--model", args.model, "--child", name], capture_output=True,
+                              text=True, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+        part = json.loads(done.stdout.strip().splitlines()[-1])
+        print(json.dumps({"workload": name, **part}), file=sys.stderr, flush=True)  # as each one finishes
+        return part
+
     result: dict = {"model": args.model, "load_avg_1m": round(os.getloadavg()[0], 2)}
     for name in args.only.split(","):
         if name not in WORKLOADS:
             raise SystemExit(f"unknown workload {name!r}; choose from {WORKLOADS}")
-        done = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", name],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-        result.update(json.loads(done.stdout.strip().splitlines()[-1]))
-    import torch
-
-    result["threads"] = torch.get_num_threads()
+        if name != "gen":
+            result.update(in_child(name))
+            continue
+        rounds = [(in_child("gen"), in_child("gen_vllm", args.vllm_python) if args.vllm_python else {})
+                  for _ in range(args.rounds)]  # alternated: both see the same host load
+        result["gen_tokens_per_s_rounds"] = [a["gen_tokens_per_s"] for a, _ in rounds]
+        result["gen_tokens_per_s"] = statistics.median(result["gen_tokens_per_s_rounds"])
+        if args.vllm_python:
+            result["vllm_tokens_per_s_rounds"] = [b["vllm_tokens_per_s"] for _, b in rounds]
+            result["vllm_tokens_per_s"] = statistics.median(result["vllm_tokens_per_s_rounds"])
     print(json.dumps(result))
 
 
