@@ -148,7 +148,7 @@ def summary_table(summary: dict) -> str:
 
 
 def run(args) -> int:
-    from srlm.engines import EngineOptions, build_engine
+    from srlm.engines import EngineOptions, build_engine, close_engine
     from srlm.cpu import apply_threads
     from srlm.errors import UserError
     from srlm.evaluate import evaluate, settings_conflicts, settings_stamp, world
@@ -171,8 +171,11 @@ def run(args) -> int:
             batch_size=args.batch_size, seed=args.seed, base_url=args.base_url, api_key=args.api_key,
             concurrency=args.concurrency, gpu_memory_utilization=args.gpu_memory_utilization,
             kv_cache_gb=args.kv_cache_gb, tensor_parallel_size=args.tensor_parallel_size))
-        summary = evaluate(engine, tokenizer, cfg, out, model_name=args.model, progress=not args.no_progress,
-                           overwrite=args.overwrite, engine_name=args.engine)
+        try:
+            summary = evaluate(engine, tokenizer, cfg, out, model_name=args.model, progress=not args.no_progress,
+                               overwrite=args.overwrite, engine_name=args.engine)
+        finally:
+            close_engine(engine)  # vLLM's engine process down before this one exits
     if world()[0] == 0:
         print(summary_table({**summary, "benchmarks": {r.name: summary["benchmarks"][r.name]
                                                        for r in cfg.benchmarks}}))
