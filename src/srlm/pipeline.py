@@ -26,6 +26,7 @@ import resource
 import sys
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,10 +122,10 @@ def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device
     stage_dir = run_dir / "stages" / f"{kind}-{key}"
     manifest = read_manifest(stage_dir)
     if manifest and manifest["status"] in ("done", "collapsed"):
-        run_progress.skip(stage_dir.name)
+        run_progress.skip(stage_dir.name, kind)
         rel = in_run(stage_dir, run_dir)  # where the folder is now (an older manifest may hold another path)
         return {**manifest, "dir": rel, "output": {**manifest["output"], "checkpoint": str(Path(rel) / "checkpoint")}}
-    run_progress.announce(stage_dir.name, kind)
+    run_progress.announce(stage_dir.name, kind, kind)
     stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stage_dir / "config.yaml", yaml.safe_dump({kind: scfg.model_dump()}, sort_keys=False))
     dev_name, dev_count = device_description(device)
@@ -192,7 +193,7 @@ def run_pipeline(cfg: RunConfig, name: str, run_dir: Path, device, progress: boo
     summary = None
     if cfg.pipelines[name].evaluate:
         run_progress.in_pipeline(folder)
-        run_progress.announce(f"eval:{folder}", "evaluation")
+        run_progress.announce(f"eval:{folder}", "evaluation", "eval")
         try:
             summary = evaluate_checkpoint(cfg, path, key, run_dir / folder / "eval", device, progress,
                                           run_dir=run_dir)
@@ -316,7 +317,7 @@ def evaluate_start(cfg: RunConfig, folder: str, start: str, run_dir: Path, devic
     """Evaluate a starting model as it is into RUN/<folder>/ (a pipeline.json without stages, labelled with
     the model), so the report has its row without an empty pipeline in the config."""
     run_progress.in_pipeline(folder)
-    run_progress.announce(f"eval:{folder}", "evaluation of the starting model")
+    run_progress.announce(f"eval:{folder}", "evaluation of the starting model", "eval")
     status, reason = "done", None
     try:
         evaluate_checkpoint(cfg, start, "model:" + start, run_dir / folder / "eval", device, progress)
@@ -327,9 +328,10 @@ def evaluate_start(cfg: RunConfig, folder: str, start: str, run_dir: Path, devic
         "label": start, "start": start, "start_row": True})
 
 
-def count_units(cfg: RunConfig, names: list[str]) -> int:
-    """How many stages and evaluations running `names` takes: a stage shared by several pipelines (same
-    start, same stage configs before it) counts once, and a KD teacher pipeline counts with its pupil."""
+def count_units(cfg: RunConfig, names: list[str]) -> dict[str, int]:
+    """Kind -> how many of its units running `names` takes (`eval` for evaluations): a stage shared by
+    several pipelines (same start, same stage configs before it) counts once, and a KD teacher pipeline
+    counts with its pupil."""
     prefixes, evals, todo, seen = set(), 0, list(names), set()
     while todo:
         name = todo.pop()
@@ -344,7 +346,9 @@ def count_units(cfg: RunConfig, names: list[str]) -> int:
                 if getattr(scfg, "teacher", None) in cfg.pipelines:
                     todo.append(scfg.teacher)
             evals += bool(cfg.pipelines[name].evaluate)
-    return len(prefixes) + evals + len(start_rows(cfg, names))
+    plan = Counter(chain[-1][0] for chain in prefixes)
+    plan["eval"] = evals + len(start_rows(cfg, names))
+    return dict(plan)
 
 
 def check_engines_available(cfg: RunConfig, names: list[str]) -> None:

@@ -1,8 +1,9 @@
 """One overall progress line across a run: `[stage k of n] what | elapsed | about T left`.
 
-The run counts its units of work up front (every distinct stage, every evaluation); a stage found done is
-counted without printing. The estimate is the mean wall time of the units run so far times the units
-left: stages differ in length, so it is a rough guide, printed with "about".
+The run counts its units of work up front, per kind (every distinct stage, every evaluation); a stage found
+done is counted without printing. The estimate adds, per kind, the units left times the mean wall time of
+that kind's units so far, and appears once every kind still to come has run once: a rough guide, printed
+with "about".
 
 The tracker is a context variable set by `pipeline.run_all`, so the stage functions need no new argument;
 without one (a stage run alone, a test), `announce` and `skip` do nothing.
@@ -11,6 +12,7 @@ without one (a stage run alone, a test), `announce` and `skip` do nothing.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from contextvars import ContextVar
 
 
@@ -29,41 +31,60 @@ def _print_line(line: str) -> None:
 
 
 class RunProgress:
-    def __init__(self, total: int, clock=time.monotonic, write=_print_line):
-        self.total, self.clock, self.write = total, clock, write
+    """`plan`: how many units of each kind (`pretrain`, `sft`, ..., `eval`) the run takes."""
+
+    def __init__(self, plan: dict[str, int], clock=time.monotonic, write=_print_line):
+        self.plan, self.clock, self.write = Counter(plan), clock, write
+        self.total = sum(self.plan.values())
         self.t0 = clock()
         self.seen: set[str] = set()
-        self.ran = 0  # units run (not skipped) before the current one
-        self.ran_seconds = 0.0
-        self.current_start: float | None = None
+        self.seen_kinds: Counter = Counter()  # units reached (run or skipped) per kind
+        self.seconds: dict[str, list[float]] = {}  # kind -> wall times of the units that ran
+        self.current: tuple[str, float] | None = None  # (kind, start) of the unit running now
         self.pipeline = ""  # the pipeline whose stage runs next, for the line
 
     def _close_current(self) -> None:
-        if self.current_start is not None:
-            self.ran += 1
-            self.ran_seconds += self.clock() - self.current_start
-            self.current_start = None
+        if self.current is not None:
+            kind, start = self.current
+            self.seconds.setdefault(kind, []).append(self.clock() - start)
+            self.current = None
 
-    def skip(self, unit: str) -> None:
+    def skip(self, unit: str, kind: str) -> None:
         """`unit` was already done: it counts toward k, not toward the time estimate."""
         self._close_current()
-        self.seen.add(unit)
+        if unit not in self.seen:
+            self.seen.add(unit)
+            self.seen_kinds[kind] += 1
 
-    def announce(self, unit: str, what: str) -> None:
+    def estimate_left(self) -> float | None:
+        """Seconds left: per kind, the units not yet reached (and the one starting now) times the mean time of
+        that kind's units so far. None until every kind still to come has run once: one pre-training is no
+        guide to an evaluation."""
+        left = 0.0
+        for kind, planned in self.plan.items():
+            todo = max(0, planned - self.seen_kinds[kind]) + (self.current is not None and self.current[0] == kind)
+            if todo:
+                if kind not in self.seconds:
+                    return None
+                left += todo * sum(self.seconds[kind]) / len(self.seconds[kind])
+        return left
+
+    def announce(self, unit: str, what: str, kind: str) -> None:
         """`unit` starts now: print the line (once per unit, however many pipelines share it)."""
         if unit in self.seen:
             return
         self._close_current()
         self.seen.add(unit)
+        self.seen_kinds[kind] += 1
         k = len(self.seen)
         now = self.clock()
+        self.current = (kind, now)
         where = f"{self.pipeline}: " if self.pipeline else ""
         line = f"[stage {k} of {max(k, self.total)}] {where}{what} | {duration(now - self.t0)} elapsed"
-        left = max(0, self.total - k + 1)
-        if self.ran:
-            line += f" | about {duration(self.ran_seconds / self.ran * left)} left"
+        left = self.estimate_left()
+        if left is not None:
+            line += f" | about {duration(left)} left"
         self.write(line)
-        self.current_start = now
 
     def finish(self) -> None:
         self._close_current()
@@ -73,9 +94,9 @@ class RunProgress:
 TRACKER: ContextVar[RunProgress | None] = ContextVar("srlm_run_progress", default=None)
 
 
-def announce(unit: str, what: str) -> None:
+def announce(unit: str, what: str, kind: str) -> None:
     if (t := TRACKER.get()) is not None:
-        t.announce(unit, what)
+        t.announce(unit, what, kind)
 
 
 def in_pipeline(name: str) -> None:
@@ -83,9 +104,9 @@ def in_pipeline(name: str) -> None:
         t.pipeline = name
 
 
-def skip(unit: str) -> None:
+def skip(unit: str, kind: str) -> None:
     if (t := TRACKER.get()) is not None:
-        t.skip(unit)
+        t.skip(unit, kind)
 
 
 def silence_library_bars() -> None:
