@@ -46,12 +46,12 @@ def gen_prompts(model: Path) -> list[list[int]]:
 def run_gen(model: Path) -> dict:
     import torch
 
+    from srlm.engines import EngineOptions, build_engine
     from srlm.engines.base import SamplingParams
-    from srlm.engines.hf import HFEngine
     from srlm.models import load_model
 
     lm, tok = load_model(model, torch.device("cpu"), dtype="float32")
-    engine = HFEngine(lm.eval(), tok, batch_size=32)
+    engine, _ = build_engine("hf", EngineOptions(model=str(model), batch_size=32), loaded=(lm.eval(), tok))
     sampling = SamplingParams(max_new_tokens=64, min_new_tokens=64, temperature=1.0, n=4, seed=0)
     t0 = time.perf_counter()
     out = engine.generate(gen_prompts(model), sampling)

@@ -38,7 +38,7 @@ def main() -> None:
     import torch
 
     from srlm.config import DatasetRef, EvalConfig
-    from srlm.engines.hf import HFEngine
+    from srlm.engines import EngineOptions, build_engine
     from srlm.evaluate import evaluate
     from srlm.models import load_model
 
@@ -48,7 +48,8 @@ def main() -> None:
     ref = DatasetRef(name=args.benchmark, split="test", path=args.data_path,
                      limit=None if options else args.limit, options=options)
     model, tok = load_model(args.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    engine = HFEngine(model, tok, batch_size=args.batch_size)
+    engine, _ = build_engine("hf", EngineOptions(model=str(args.model), batch_size=args.batch_size),
+                             loaded=(model, tok))
     keys = ("accuracy", "truncation_rate", "repetition_rate", "repetition_stopped_rate", "tokens_generated",
             "mean_response_tokens", "p95_response_tokens")
     runs: dict[str, list[dict]] = {"off": [], "on": []}
