@@ -209,17 +209,28 @@ def shared_engine_closed(engine):
     engine.close()
 
 
-def test_grpo_three_steps_with_vllm_rollouts(tiny, tmp_path, shared_engine_closed):
+@pytest.fixture()
+def variety_reward():
+    """A reward that varies between completions of an untrained model: every step updates the policy (a
+    step whose advantages are all zero skips its update, and its hand-over)."""
+    from srlm.grading.rewards import REWARDS
+
+    REWARDS["variety"] = lambda text, gold: len(set(text)) / 10.0
+    yield "variety"
+    del REWARDS["variety"]
+
+
+def test_grpo_three_steps_with_vllm_rollouts(tiny, tmp_path, variety_reward, shared_engine_closed):
     from srlm.config import DatasetRef, GRPOConfig
     from srlm.pipeline import run_stage
 
     cfg = GRPOConfig(data=DatasetRef(name="synthetic", options={"n": 16}), prompt="tags_brief", steps=3,
                      prompts_per_step=2, group_size=4, max_new_tokens=16, lr=1e-3, temperature=1.0,
-                     rewards=["format"], engine="vllm", vllm_kv_cache_gb=KV_CACHE_GB, tis_cap=2.0)
+                     rewards=[variety_reward], engine="vllm", vllm_kv_cache_gb=KV_CACHE_GB, tis_cap=2.0)
     m = run_stage("grpo", cfg, tiny, "tiny", tmp_path, torch.device("cpu"), progress=False)
     assert m["status"] == "done", m
     rows = [json.loads(x) for x in Path(tmp_path, m["dir"], "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [1, 2, 3] and not any(r["skipped_update"] for r in rows)
     # vLLM's sampling log-probs against the trainer's pi_old: the same fp32 function, so float noise only
     assert all(r["mismatch/mean_abs_logp_diff"] < 1e-3 and abs(r["mismatch/kl"]) < 1e-5 for r in rows)
     assert all(r["tis/weight_mean"] == pytest.approx(1.0, abs=1e-3) for r in rows)
@@ -246,10 +257,16 @@ def _srlm_run(run_dir: Path, engine: str) -> dict[str, list]:
 
 
 def test_srlm_run_evaluates_through_vllm_like_hf(tmp_path, shared_engine_closed):
-    """`srlm run` with eval.engine vllm (and GRPO through vLLM) finishes on CPU; the same run evaluated with
-    the hf engine (its stages reused) gives the same greedy samples."""
+    """`srlm run` with eval.engine vllm (and GRPO through vLLM) finishes on CPU; a second run evaluating the
+    same checkpoints with the hf engine gives the same greedy samples. The second run starts from a copy of
+    the first's stages (reused, not retrained): a run folder refuses evaluations under another protocol."""
+    import shutil
+
     through_vllm = _srlm_run(tmp_path / "run", "vllm")
     assert json.loads((tmp_path / "run" / "base_rl" / "eval" / "summary.json").read_text())["engine"] == "vllm"
-    through_hf = _srlm_run(tmp_path / "run", "hf")
-    assert json.loads((tmp_path / "run" / "base_rl" / "eval" / "summary.json").read_text())["engine"] == "hf"
+    shutil.copytree(tmp_path / "run" / "stages", tmp_path / "run_hf" / "stages")
+    through_hf = _srlm_run(tmp_path / "run_hf", "hf")
+    assert json.loads((tmp_path / "run_hf" / "base_rl" / "eval" / "summary.json").read_text())["engine"] == "hf"
     assert through_vllm == through_hf
+    stages = [json.loads(p.read_text()) for p in (tmp_path / "run_hf" / "stages").glob("*/manifest.json")]
+    assert all(m["attempts"] == 1 for m in stages)  # the second run trained nothing
