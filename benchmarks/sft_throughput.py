@@ -55,7 +55,7 @@ def main() -> None:
     from srlm.config import SFTConfig
     from srlm.models import load_model
     from srlm.train.loop import read_metrics
-    from srlm.train.sft import train_supervised
+    from srlm.train.supervised import train_supervised
 
     device = torch.device("cpu")
     model, tok = load_model(args.model, device, dtype="float32")

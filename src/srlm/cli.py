@@ -21,7 +21,7 @@ DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUO
 VERB_MODULES = [
     "srlm.commands.demo",
     "srlm.commands.data",
-    "srlm.commands.distill",
+    "srlm.commands.kd",
     "srlm.commands.grade",
     "srlm.commands.eval",
     "srlm.commands.run",

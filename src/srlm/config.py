@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from srlm.config_checks import check_config
 from srlm.errors import UserError
 
 
@@ -448,11 +449,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
     for item in overrides:
         apply_override(data, item)
     cfg = _validate(RunConfig, data, prefix="")
-    for name in cfg.pipelines:
-        pipeline_stages(cfg, name)  # validate every stage now, not halfway through a study
-    from srlm.config_checks import check_config
-
-    check_config(cfg)  # registry names, cross-field rules, paths: at load, not hours into a study
+    # every stage validated now, not halfway through a study
+    pipelines = {name: (pipeline_start(cfg, name), pipeline_stages(cfg, name)) for name in cfg.pipelines}
+    check_config(cfg, list(STAGE_CONFIGS), pipelines)  # registry names, cross-field rules, paths: at load
     return cfg
 
 

@@ -61,7 +61,6 @@ STAGE_NAMES: dict[str, Callable[[], Iterable[str]]] = {
     "aggregation": _aggregations,
     "engine": _engines,
 }
-RECORDS_DATASET = "records"  # canonical records from a file (`srlm distill generate --out`): needs a path
 
 
 def closest(name: str, valid: Iterable[str]) -> str:
@@ -80,6 +79,8 @@ def _unknown(key: str, value: Any, valid: Iterable[str], what: str = "name", of:
 
 def dataset_problems(key: str, ref) -> list[str]:
     """Name, split, options and path of a DatasetRef (`key` is its full key path)."""
+    from srlm.data.sources import RECORDS_DATASET
+
     datasets = _datasets()
     if ref.name == RECORDS_DATASET and ref.name not in datasets:
         if not ref.path:
@@ -199,10 +200,12 @@ def local_module_names(folder: str) -> set[str] | None:
 # ------------------------------------------------------------------------------------------- whole config
 
 
-def check_config(cfg) -> None:
-    """Raise one UserError listing every problem of a validated RunConfig (see the module docstring)."""
-    from srlm.config import STAGE_CONFIGS, pipeline_stages, pipeline_start
+def check_config(cfg, stage_kinds: Iterable[str], resolved: dict[str, tuple[str, list]]) -> None:
+    """Raise one UserError listing every problem of a validated RunConfig (see the module docstring).
 
+    `stage_kinds`: the kinds whose sections `cfg` has; `resolved`: pipeline name -> (starting model, (kind, resolved
+    config) of every stage, inherited ones first), resolved by `config.py` (which calls this, so no import
+    back)."""
     problems: list[str] = []
     pipelines = list(cfg.pipelines)
     if not str(cfg.run_dir).strip():
@@ -220,7 +223,7 @@ def check_config(cfg) -> None:
         return modules[start]
 
     section_problems: dict[str, set[str]] = {}
-    for kind in STAGE_CONFIGS:
+    for kind in stage_kinds:
         found = stage_problems(kind, kind, getattr(cfg, kind), pipelines, None)
         section_problems[kind] = {re.sub(rf"^{kind}\.", "", p) for p in found}
         problems += found
@@ -234,9 +237,9 @@ def check_config(cfg) -> None:
     for name, p in cfg.pipelines.items():
         if p.start:
             problems += model_problems(f"pipelines.{name}.start", p.start)
-        start = pipeline_start(cfg, name)
-        own = len(pipeline_stages(cfg, name)) - len(p.stages)  # stages inherited through `extends`
-        for i, (kind, scfg) in enumerate(pipeline_stages(cfg, name)[own:]):
+        start, stages = resolved[name]
+        own = len(stages) - len(p.stages)  # stages inherited through `extends`
+        for i, (kind, scfg) in enumerate(stages[own:]):
             key = f"pipelines.{name}.stages.{i}"
             for problem in stage_problems(key, kind, scfg, pipelines, modules_of(start), in_pipeline=True):
                 if problem.removeprefix(key + ".") not in section_problems.get(kind, set()):

@@ -44,10 +44,12 @@ from srlm.train.loop import atomic_write_json, atomic_write_text
 def _stage_runners():
     """kind -> stage function(cfg, model_dir, out_dir, device, progress) -> summary dict."""
     from srlm.train.grpo import run_grpo
+    from srlm.train.distill import run_distill
     from srlm.train.kd import run_kd
-    from srlm.train.sft import run_pretrain, run_seq_kd, run_sft
+    from srlm.train.pretrain import run_pretrain
+    from srlm.train.sft import run_sft
 
-    return {"pretrain": run_pretrain, "sft": run_sft, "kd": run_seq_kd, "distill": run_kd, "grpo": run_grpo}
+    return {"pretrain": run_pretrain, "sft": run_sft, "kd": run_kd, "distill": run_distill, "grpo": run_grpo}
 
 
 def content_key(obj) -> str:

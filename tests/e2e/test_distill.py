@@ -1,5 +1,5 @@
 """Distillation end to end on tiny models: logit-level KD (off- and on-policy, every divergence), the shared-
-vocabulary check, and `srlm distill generate` (rejection sampling, resumable) feeding an SFT stage."""
+vocabulary check, and `srlm kd generate` (rejection sampling, resumable) feeding an SFT stage."""
 
 import json
 
@@ -34,10 +34,10 @@ def kd_cfg(teacher, **kw) -> LogitKDConfig:
 
 
 def test_teacher_identical_to_student_gives_zero_divergence(tmp_path, models):
-    from srlm.train.kd import run_kd
+    from srlm.train.distill import run_distill
 
     student, _ = models
-    run_kd(kd_cfg(student, steps=1), student, tmp_path / "self", CPU, progress=False)
+    run_distill(kd_cfg(student, steps=1), student, tmp_path / "self", CPU, progress=False)
     (m,) = read_metrics(tmp_path / "self" / "metrics.jsonl")
     assert abs(m["kd"]) < 1e-5 and abs(m["loss"]) < 1e-5 and m["grad_norm"] < 1e-4
 
@@ -48,10 +48,10 @@ def test_teacher_identical_to_student_gives_zero_divergence(tmp_path, models):
     ("jsd", {"beta": 0.3, "on_policy": 0.5, "max_new_tokens": 12, "temperature": 2.0}),
 ])
 def test_distillation_from_another_teacher_trains(tmp_path, models, divergence, extra):
-    from srlm.train.kd import run_kd
+    from srlm.train.distill import run_distill
 
     student, teacher = models
-    summary = run_kd(kd_cfg(teacher, divergence=divergence, **extra), student, tmp_path / "kd", CPU, progress=False)
+    summary = run_distill(kd_cfg(teacher, divergence=divergence, **extra), student, tmp_path / "kd", CPU, progress=False)
     steps = read_metrics(tmp_path / "kd" / "metrics.jsonl")
     assert len(steps) == 3 and summary["teacher"] == str(teacher)
     assert all(m["kd"] > 0 for m in steps)
@@ -65,7 +65,7 @@ def test_distillation_from_another_teacher_trains(tmp_path, models, divergence, 
 def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, models):
     from transformers import AutoTokenizer
 
-    from srlm.train.kd import run_kd
+    from srlm.train.distill import run_distill
 
     student, teacher = models
     other = tmp_path / "other-teacher"
@@ -74,10 +74,10 @@ def test_teacher_with_another_vocabulary_is_refused_before_training(tmp_path, mo
     tok.add_tokens(["<step>"])
     tok.save_pretrained(other)
     with pytest.raises(UserError, match="tokenizers differ in size"):
-        run_kd(kd_cfg(other), student, tmp_path / "kd", CPU, progress=False)
+        run_distill(kd_cfg(other), student, tmp_path / "kd", CPU, progress=False)
     assert not (tmp_path / "kd" / "metrics.jsonl").exists()
     with pytest.raises(UserError, match="set `teacher`"):
-        run_kd(kd_cfg(None), student, tmp_path / "kd", CPU, progress=False)
+        run_distill(kd_cfg(None), student, tmp_path / "kd", CPU, progress=False)
 
 
 # ----------------------------------------------------------------------------------------- trace generation
@@ -118,7 +118,7 @@ def test_distill_generate_rejection_samples_resumes_and_feeds_sft(tmp_path, mode
                         r["answer"] for r in records})
     monkeypatch.setattr(HFEngine, "generate", lambda self, prompts, sampling, seeds=None: fake(self, prompts, sampling))
     out = tmp_path / "traces.jsonl"
-    args = ["distill", "generate", "--teacher", str(teacher), "--dataset", "synthetic", "--split", "test",
+    args = ["kd", "generate", "--teacher", str(teacher), "--dataset", "synthetic", "--split", "test",
             "--samples", "4", "--out", str(out), "--quiet"]
     assert main([*args, "--limit", "3"]) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -186,7 +186,7 @@ def test_trace_generation_killed_mid_way_resumes_to_the_uninterrupted_traces(tmp
     def generate(out, fault=None):
         env = {k: v for k, v in os.environ.items() if k != "SRLM_FAULT"}
         env.update({"SRLM_FAULT": fault} if fault else {})
-        return subprocess.run([sys.executable, str(script), str(teacher), "distill", "generate", "--teacher",
+        return subprocess.run([sys.executable, str(script), str(teacher), "kd", "generate", "--teacher",
                                str(teacher), "--dataset", "synthetic", "--split", "test", "--limit", "6",
                                "--samples", "4", "--out", str(out), "--quiet"],
                               capture_output=True, text=True, env=env, timeout=300)

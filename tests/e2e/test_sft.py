@@ -111,7 +111,9 @@ def test_lora_trains_only_adapters_and_merged_model_matches(tmp_path, model_dir)
     from peft import PeftModel
 
     from srlm.models import apply_lora, load_model, merged_copy
-    from srlm.train.sft import sft_examples, train_supervised, load_stage_records
+    from srlm.data.sources import load_stage_records
+    from srlm.train.sft import sft_examples
+    from srlm.train.supervised import train_supervised
 
     cfg = sft_cfg(steps=3, lr=1e-2, lora=LoraConfig(enabled=True, r=4, alpha=8, dropout=0.1))
     model, tok = load_model(model_dir, torch.device("cpu"), "float32")

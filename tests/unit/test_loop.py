@@ -14,7 +14,9 @@ from srlm.train.loop import (
     read_metrics, run_beside, save_resume_checkpoint, sum_gradients,
 )
 from srlm.train.losses import sft_loss
-from srlm.train.sft import collate, completion_for, is_paper_completion, load_stage_records, sft_step_loss
+from srlm.data.prepare import completion_for, is_paper_completion
+from srlm.data.sources import load_stage_records
+from srlm.train.supervised import collate, sft_step_loss
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +240,7 @@ def test_records_dataset_reads_canonical_records(tmp_path):
 def test_teacher_with_another_tokenizer_is_refused(tiny, tmp_path):
     from transformers import AutoTokenizer
 
-    from srlm.train.kd import shared_vocab_width
+    from srlm.train.distill import shared_vocab_width
 
     d, model, tok = tiny
     assert shared_vocab_width(model, tok, model, tok) == model.get_output_embeddings().weight.shape[0]

@@ -4,6 +4,8 @@
 - GSM8K calculator notes (`<<48/2=24>>`) removed (`strip_calculator_notes`);
 - reference solutions and teacher traces rewritten in the paper's completion format
   `<think>reasoning</think>\\n<answer>final answer</answer>` (`format_cot`, `to_sft_example`);
+- the completion a stage trains on (`completion_for`), and a teacher's accepted response in that format
+  (`trace_solution`);
 - RL examples as question + gold answer (`to_rl_example`);
 - `prepare` chaining these with a length filter and a count of what was dropped.
 """
@@ -180,6 +182,44 @@ def to_sft_example(record: Record) -> dict[str, str]:
                         f"built; use --for rl, or a dataset with solutions")
     completion = COMPLETION_BUILDERS[solution_format(record)](record)
     return {"id": record["id"], "prompt": record["question"], "completion": completion}
+
+
+def is_paper_completion(text: str) -> bool:
+    """`<think>…</think>` then `<answer>…</answer>` and nothing else: already the completion to train on."""
+    t = text.strip()
+    if not (t.startswith(THINK_OPEN) and t.endswith(ANSWER_CLOSE)):
+        return False
+    if any(t.count(tag) != 1 for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)):
+        return False
+    return t.index(THINK_CLOSE) < t.index(ANSWER_OPEN) and not t[t.index(THINK_CLOSE) + len(THINK_CLOSE):
+                                                                t.index(ANSWER_OPEN)].strip()
+
+
+def completion_for(record: Record, completion: str = "tags") -> str:
+    """The completion to train on. `tags`: the paper's format: a teacher trace already in it is kept
+    verbatim (it is what the grader accepted), anything else goes through `to_sft_example`.
+    `solution`: the reference solution as written (e.g. to make a plain chat "instruct" model)."""
+    if completion == "solution":
+        if not record.get("solution"):
+            raise UserError(f"record {record.get('id')} has no solution to train on (completion: solution)")
+        return record["solution"].strip()
+    if record.get("solution") and is_paper_completion(record["solution"]):
+        return record["solution"].strip()
+    return to_sft_example(record)["completion"]
+
+
+def trace_solution(text: str, extracted: str | None) -> tuple[str, bool]:
+    """(completion in the paper's format, whether it had to be rewritten) for an accepted teacher response.
+
+    A response already shaped `<think>…</think>\\n<answer>…</answer>` is kept verbatim; any other correct
+    one (e.g. a `\\boxed{}` write-up) becomes `<think>response</think>\\n<answer>extracted</answer>`.
+    """
+    if is_paper_completion(text):
+        return text.strip(), False
+    body = text
+    for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE):
+        body = body.replace(tag, "")
+    return format_cot(body, extracted or ""), True
 
 
 def to_rl_example(record: Record) -> dict[str, str]:

@@ -660,3 +660,20 @@ def load_records(name: str, split: str | None = None, path: str | Path | None = 
         assert spec.hub is not None
         rows, origin = _read_hub(spec, split), f"hf:{spec.hub.repo_id}"
     return [_record(spec, split, row, origin) for row in islice(rows, limit)]
+
+
+# A records file written by `srlm kd generate` (or any file of canonical records) loads under this name.
+RECORDS_DATASET = "records"
+
+
+def load_stage_records(ref) -> list[Record]:
+    """A stage's canonical records (`ref`: its `DatasetRef`). `name: records` with a `path` reads a file of
+    canonical records (`{"id", "question", "answer", "solution", ...}` per line), e.g. teacher traces from
+    `srlm kd generate`."""
+    spec = DATASETS.get(ref.name)
+    if ref.name == RECORDS_DATASET and (spec is None or spec.local_path is not None):  # not a built-in
+        if not ref.path:
+            raise UserError("data.name 'records' needs data.path: a jsonl file of canonical records")
+        register_custom(RECORDS_DATASET, ref.path, "question", "answer", "solution",
+                        description="canonical records from a file (e.g. `srlm kd generate --out`)")
+    return load_records(ref.name, split=ref.split, path=ref.path, limit=ref.limit, **ref.options)

@@ -25,6 +25,7 @@ import torch
 
 from srlm.data.prepare import to_rl_example
 from srlm.data.prompts import render_prompt, stop_token_ids
+from srlm.data.sources import load_stage_records
 from srlm.engines.base import SamplingParams
 from srlm.engines import EngineOptions, build_engine, close_engine
 from srlm.errors import UserError
@@ -40,7 +41,6 @@ from srlm.train.loop import (
 )
 from srlm.train.losses import AGGREGATIONS, group_advantages, grpo_loss, rollout_mismatch
 from srlm.train.rollout_batch import completion_logprobs, pad_rollouts
-from srlm.train.sft import load_stage_records
 
 class Collapsed(Exception):
     """Raised inside the loop when the collapse guard fires; carries the reason."""

@@ -1,90 +1,22 @@
-"""Supervised stages: `run_sft` (SFT, and sequence-level KD on teacher traces) and `run_pretrain`.
+"""Stage kind `sft`: fine-tune on (prompt, completion) pairs with `supervised.train_supervised`.
 
-Both build tokenised examples and hand them to `train_supervised`, the loop in view below: plan the
-micro-batches, then for each optimizer step run forward/backward over this process's share, sum
-gradients across processes, clip, step, log. Logit-level KD (`kd.py`) runs the same loop with its own
-loss and, on-policy, its own completions.
-
-What makes it fast without changing the maths:
-- batches are length-grouped (little padding), or packed (`packing`: no padding at all);
-- right padding needs no attention mask for a causal model (real tokens never look right), so attention
-  takes the plain causal kernel; packed rows pass `position_ids` instead and get per-example blocks;
-- the LM head runs only at positions that carry loss (`logits_to_keep`), never over prompt or padding;
-- one host sync per step (loss and grad norm together), fused AdamW, one flat gradient all-reduce.
+`sft_examples` renders each record's prompt with the stage's template and its completion (`completion_for`:
+the paper's `<think>…</think>\\n<answer>…</answer>` format, or the reference solution as written), closed
+by the end-of-turn marker. Sequence-level KD (`kd.py`) is this stage on teacher traces.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import shutil
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from srlm.data.collate import (
-    IGNORE_INDEX, TokenizedExample, filter_by_length, length_grouped_batches, pad_batch, packed_batch, tokenize_pair,
-)
-from srlm.data.prepare import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, to_sft_example
+from srlm.data.collate import TokenizedExample, filter_by_length, tokenize_pair
+from srlm.data.prepare import completion_for
 from srlm.data.prompts import completion_end, render_prompt
-from srlm.data.sources import DATASETS, load_records, register_custom
-from srlm.errors import NonFiniteLoss, UserError
-from srlm.faults import fault_point
-from srlm.hf_compat import logits_at
-from srlm.memory import describe_estimate, training_estimate
-from srlm.models import apply_lora, load_model, save_model
-from srlm.train.loop import (
-    Dist, MetricsLog, autocast, broadcast_parameters, clip_and_step_tensor, compile_layers, compile_requested,
-    enable_gradient_checkpointing, full_state_dict, gradient_sync, init_distributed, load_resume_checkpoint,
-    make_optimizer, make_scheduler, progress_bar, save_resume_checkpoint, shard_model, sum_gradients,
-)
-from srlm.train.losses import linear_cross_entropy, selected_cross_entropy
-from srlm.train.output_layer import decoder, plain_head
-
-# A records file written by `srlm distill generate` (or any file of canonical records) loads under this name.
-RECORDS_DATASET = "records"
-
-
-# ------------------------------------------------------------------------------------------------ data
-
-
-def load_stage_records(ref) -> list[dict]:
-    """The stage's canonical records. `name: records` with a `path` reads a file of canonical records
-    (`{"id", "question", "answer", "solution", ...}` per line), e.g. teacher traces from `srlm distill`."""
-    spec = DATASETS.get(ref.name)
-    if ref.name == RECORDS_DATASET and (spec is None or spec.local_path is not None):  # not a built-in
-        if not ref.path:
-            raise UserError("data.name 'records' needs data.path: a jsonl file of canonical records")
-        register_custom(RECORDS_DATASET, ref.path, "question", "answer", "solution",
-                        description="canonical records from a file (e.g. `srlm distill generate --out`)")
-    return load_records(ref.name, split=ref.split, path=ref.path, limit=ref.limit, **ref.options)
-
-
-def is_paper_completion(text: str) -> bool:
-    """`<think>…</think>` then `<answer>…</answer>` and nothing else: already the completion to train on."""
-    t = text.strip()
-    if not (t.startswith(THINK_OPEN) and t.endswith(ANSWER_CLOSE)):
-        return False
-    if any(t.count(tag) != 1 for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)):
-        return False
-    return t.index(THINK_CLOSE) < t.index(ANSWER_OPEN) and not t[t.index(THINK_CLOSE) + len(THINK_CLOSE):
-                                                                t.index(ANSWER_OPEN)].strip()
-
-
-def completion_for(record: dict, completion: str = "tags") -> str:
-    """The completion to train on. `tags`: the paper's format: a teacher trace already in it is kept
-    verbatim (it is what the grader accepted), anything else goes through `prepare.to_sft_example`.
-    `solution`: the reference solution as written (e.g. to make a plain chat "instruct" model)."""
-    if completion == "solution":
-        if not record.get("solution"):
-            raise UserError(f"record {record.get('id')} has no solution to train on (completion: solution)")
-        return record["solution"].strip()
-    if record.get("solution") and is_paper_completion(record["solution"]):
-        return record["solution"].strip()
-    return to_sft_example(record)["completion"]
+from srlm.data.sources import load_stage_records
+from srlm.models import apply_lora, load_model
+from srlm.train.supervised import train_supervised
 
 
 def sft_examples(tok, records: list[dict], prompt: str, loss_on: str, completion: str = "tags"
@@ -93,9 +25,6 @@ def sft_examples(tok, records: list[dict], prompt: str, loss_on: str, completion
     end = completion_end(tok)
     return [tokenize_pair(tok, render_prompt(tok, prompt, r["question"]), completion_for(r, completion) + end,
                           loss_on) for r in records]
-
-
-# ----------------------------------------------------------------------------------------------- stages
 
 
 def run_sft(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress: bool = True,
@@ -111,223 +40,3 @@ def run_sft(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress:
     summary = train_supervised(model, tok, kept, cfg, out_dir, device, progress, desc=desc)
     summary["data"] = {"n_records": len(records), "n_too_long": report.n_too_long, "n_examples": len(kept)}
     return summary
-
-
-def run_seq_kd(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress: bool = True) -> dict:
-    """The paper's KD: SFT on teacher traces. Without `cfg.teacher`, the dataset's own traces; with it, the
-    teacher first samples `teacher_samples` traces per problem and only the correct ones are kept
-    (`kd.generate_traces`, resumable), then the student is fine-tuned on them."""
-    if not getattr(cfg, "teacher", None):
-        return run_sft(cfg, model_dir, out_dir, device, progress, desc="kd")
-    from srlm.data.jsonl import json_objects
-    from srlm.train.kd import generate_traces
-
-    traces = Path(out_dir) / "teacher_traces.jsonl"
-    counts = generate_traces(cfg.teacher, load_stage_records(cfg.data), traces, device,
-                             samples=cfg.teacher_samples, prompt=cfg.prompt,
-                             max_new_tokens=cfg.teacher_max_new_tokens, temperature=cfg.teacher_temperature,
-                             seed=cfg.seed, progress=progress)
-    records = [record for record, _ in json_objects(traces)]
-    if not records:
-        raise UserError(f"the teacher {cfg.teacher} wrote no correct trace for {cfg.data.name}; "
-                        f"a stronger teacher or more teacher_samples is needed")
-    summary = run_sft(cfg, model_dir, out_dir, device, progress, records=records, desc="kd")
-    summary["teacher"] = counts
-    return summary
-
-
-def run_pretrain(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress: bool = True) -> dict:
-    """Plain language modelling on question + reference solution text (loss on every token)."""
-    model, tok = load_model(model_dir, device, dtype="float32")
-    records = load_stage_records(cfg.data)
-    examples = []
-    for r in records:
-        ids = tok.encode(f"{r['question']}\n{r['solution'] or r['answer']}", add_special_tokens=False)
-        ids.append(tok.eos_token_id)
-        examples.append(TokenizedExample(ids, list(ids)))
-    kept, report = filter_by_length(examples, cfg.max_length)
-    summary = train_supervised(model, tok, kept, cfg, out_dir, device, progress, desc="pretrain")
-    summary["data"] = {"n_records": len(records), "n_too_long": report.n_too_long, "n_examples": len(kept)}
-    return summary
-
-
-# ------------------------------------------------------------------------------------------------- loop
-
-
-def plan_micro_batches(examples: list[TokenizedExample], cfg, total_steps: int, per_step: int) -> list[list[int]]:
-    """The whole run's micro-batches (lists of example indices), in order, epoch after epoch.
-
-    A pure function of the data and the seed, so every process and every resumed run agrees on which
-    examples each step sees without any communication.
-    """
-    lengths = [len(e.input_ids) for e in examples]
-    plan: list[list[int]] = []
-    epoch = 0
-    while len(plan) < total_steps * per_step:
-        rng = random.Random(cfg.seed * 1_000_003 + epoch)
-        plan.extend(length_grouped_batches(lengths, cfg.batch_size, rng))
-        epoch += 1
-    return plan[: total_steps * per_step]
-
-
-def collate(examples: list[TokenizedExample], pad_id: int, packing: bool, row_length: int) -> dict:
-    """Model inputs for one micro-batch: packed rows (`position_ids`) or right-padded rows.
-
-    No attention mask either way: with right padding, causal attention already keeps real tokens from
-    seeing the padding after them, and the padding's own outputs carry no loss.
-    """
-    if packing:
-        return packed_batch(examples, pad_id, row_length)
-    batch = pad_batch(examples, pad_id)
-    return {"input_ids": batch["input_ids"], "labels": batch["labels"]}
-
-
-def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(keep [B, T] bool: positions whose next token carries loss, targets [N]: those next tokens)."""
-    keep = torch.zeros_like(labels, dtype=torch.bool)  # [B, T]
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return keep, labels[:, 1:][keep[:, :-1]]  # [B, T], [N]
-
-
-def selected_logits(model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
-    """Logits [N, V] at the `keep` positions only: the LM head never sees prompt or padding positions."""
-    return logits_at(model, keep, input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
-                     use_cache=False)  # [N, V]
-
-
-def selected_hidden(model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
-    """The decoder's last hidden states [N, E] at the `keep` positions (what the output layer would see)."""
-    hidden = decoder(model)(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
-                            use_cache=False).last_hidden_state  # [B, T, E]
-    return hidden[keep]  # [N, E]
-
-
-def sft_step_loss(model, batch: dict, normalizer: float) -> tuple[torch.Tensor, dict]:
-    """Token cross-entropy summed over the micro-batch, divided by the whole step's loss-token count.
-    The output layer runs in chunks of positions where it is a plain linear map (`plain_head`)."""
-    keep, targets = loss_positions(batch["labels"])
-    head = plain_head(model)
-    if head is not None:
-        return linear_cross_entropy(selected_hidden(model, batch, keep), *head, targets).sum() / normalizer, {}
-    loss = selected_cross_entropy(selected_logits(model, batch, keep), targets).sum() / normalizer
-    return loss, {}
-
-
-# (model, batch on device, step normaliser) -> (loss to backpropagate, stats as detached scalar tensors)
-StepLoss = Callable[[torch.nn.Module, dict, float], tuple[torch.Tensor, dict]]
-# (step, this rank's micro-batches of examples) -> the micro-batches to train on (e.g. student samples)
-Rollout = Callable[[int, list[list[TokenizedExample]]], tuple[list[list[TokenizedExample]], dict]]
-
-
-def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir: Path, device: torch.device,
-                     progress: bool = True, desc: str = "sft", step_loss: StepLoss = sft_step_loss,
-                     rollout: Rollout | None = None) -> dict:
-    """The supervised loop. One optimizer step = `world * grad_accum` micro-batches of `batch_size`.
-
-    The data position is the step number (the plan is a pure function of data and seed), so a resume
-    checkpoint every `save_every` steps plus the RNG states makes a killed run, started again, end with
-    the same weights. `step_loss` and `rollout` let logit-level KD reuse the loop: the teacher-scored
-    loss, and on-policy completions sampled by the student in place of the dataset's.
-    """
-    if not examples:
-        raise UserError(f"{desc}: no training examples left (all filtered out? raise max_length)")
-    d: Dist = init_distributed(device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    per_step = d.world * cfg.grad_accum
-    steps = cfg.steps or max(1, math.ceil(getattr(cfg, "epochs", 1.0) * len(examples) / (cfg.batch_size * per_step)))
-    plan = plan_micro_batches(examples, cfg, steps, per_step)
-    torch.manual_seed(cfg.seed)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    if compile_requested(cfg):
-        compile_layers(model)
-    model.train()
-    broadcast_parameters(model, d)
-    model = shard_model(model, d)
-    if d.main:
-        tokens = cfg.batch_size * min(cfg.max_length, max(len(e.input_ids) for e in examples))
-        print(describe_estimate(desc, training_estimate(model, tokens, checkpointing=cfg.gradient_checkpointing),
-                                tokens), file=sys.stderr, flush=True)
-    opt = make_optimizer(model, cfg)
-    sched = make_scheduler(opt, cfg, steps)
-    resume_dir = out_dir / "resume"
-    start = 0
-    if (resume_dir / "trainer_state.pt").exists():
-        start, _ = load_resume_checkpoint(resume_dir, model, opt, sched, d)
-    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=start, enabled=d.main)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    packing = bool(getattr(cfg, "packing", False))
-    bar = progress_bar(steps, desc, initial=start, enabled=progress and d.main)
-    t_start, tokens_seen, last = time.perf_counter(), 0, {}
-    for step in range(start, steps):
-        t0 = time.perf_counter()
-        mine = [[examples[i] for i in mb] for mb in plan[step * per_step:(step + 1) * per_step]
-                [d.rank * cfg.grad_accum:(d.rank + 1) * cfg.grad_accum]]
-        extra_stats: dict = {}
-        if rollout is not None:
-            mine, extra_stats = rollout(step, mine)
-        # The whole step's loss-token count: every micro-batch divides by it, so accumulation and data
-        # parallelism give exactly the gradient of one big batch's token-mean loss.
-        n_loss, real_tokens = (int(x) for x in _sum_all(d, sum(e.n_predicted for mb in mine for e in mb),
-                                                         sum(len(e.input_ids) for mb in mine for e in mb)))
-        loss_sum = torch.zeros((), device=device)
-        stat_sums: dict[str, torch.Tensor] = {}
-        for k, mb in enumerate(mine):
-            batch = {key: v.to(device) for key, v in collate(mb, pad_id, packing, cfg.max_length).items()}
-            gradient_sync(model, d, k == len(mine) - 1)
-            with autocast(device):
-                loss, stats = step_loss(model, batch, max(n_loss, 1))
-            loss.backward()
-            loss_sum += loss.detach()
-            for key, v in stats.items():
-                stat_sums[key] = stat_sums.get(key, 0) + v
-        sum_gradients(model, d)
-        grad_norm = clip_and_step_tensor(model, opt, sched, cfg.max_grad_norm)
-        names = list(stat_sums)
-        reduced = torch.stack([loss_sum, *[stat_sums[n].float() for n in names]]).double()
-        if d.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(reduced)
-        values = torch.cat([reduced, grad_norm.double().reshape(1)]).tolist()  # the step's one host sync
-        _check_finite(step + 1, values[0], values[-1])
-        tokens_seen += real_tokens
-        dt = time.perf_counter() - t0
-        last = {"step": step + 1, "loss": values[0], **dict(zip(names, values[1:-1])), **extra_stats,
-                "lr": sched.get_last_lr()[0], "grad_norm": values[-1], "tokens": real_tokens,
-                "loss_tokens": n_loss, "tokens_per_s": real_tokens / dt, "seconds": dt}
-        log.log(last)
-        bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{last['lr']:.1e}")
-        bar.update(1)
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
-            save_resume_checkpoint(resume_dir, model, opt, sched, step + 1,
-                                   {"examples_seen": (step + 1) * per_step * cfg.batch_size}, d)
-        fault_point(desc, step=step + 1)
-    bar.close()
-    log.close()
-    state = full_state_dict(model, d)  # FSDP: gathered on every rank's call, kept by rank 0
-    if d.main:
-        save_model(model, tok, out_dir / "checkpoint", state_dict=state)
-        shutil.rmtree(resume_dir, ignore_errors=True)  # the final checkpoint supersedes it
-    return {"steps": steps, "final_loss": last.get("loss"), "tokens": tokens_seen,
-            "train_seconds": time.perf_counter() - t_start}
-
-
-def _check_finite(step: int, loss: float, grad_norm: float) -> None:
-    """A non-finite loss or gradient norm fails the stage: the weights are garbage from here on, and a
-    stage that went on would end `done` with a model that answers nothing."""
-    for what, value in (("loss", loss), ("gradient norm", grad_norm)):
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"{what} is {'NaN' if value != value else value} at step {step}")
-
-
-def _sum_all(d: Dist, *values: int) -> list[float]:
-    """Sum numbers over processes in one all-reduce (identity for one process)."""
-    if d.world == 1:
-        return list(values)
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()

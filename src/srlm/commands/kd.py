@@ -1,11 +1,11 @@
-"""`srlm distill generate`: teacher traces for sequence-level KD, by rejection sampling.
+"""`srlm kd generate`: teacher traces for sequence-level KD (stage kind `kd`), by rejection sampling.
 
-    srlm distill generate --teacher MODEL --dataset NAME [--split S] [--data-path P] [--samples K]
-                          [--out FILE] [--max-new-tokens N] [--temperature T] [--limit N]
+    srlm kd generate --teacher MODEL --dataset NAME [--split S] [--data-path P] [--samples K]
+                     [--out FILE] [--max-new-tokens N] [--temperature T] [--limit N]
 
 K responses per problem are sampled from the teacher; those the grader marks correct are written as
 canonical records whose `solution` is the `<think>…</think>\\n<answer>…</answer>` completion. Train on
-them with an SFT (or `kd`) stage whose data is `{name: records, path: FILE}`. Re-running the same command
+them with a `kd` (or SFT) stage whose data is `{name: records, path: FILE}`. Re-running the same command
 continues where it stopped (`FILE.done` lists finished problems). Logit-level distillation is the
 pipeline stage kind `distill` (see `LogitKDConfig`).
 """
@@ -23,16 +23,17 @@ def prompt_names() -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `distill` verb and its `generate` sub-verb."""
-    distill = subparsers.add_parser("distill", help="generate teacher traces for distillation",
-                                    description="Teacher traces for sequence-level distillation.")
+    """Add the `kd` verb and its `generate` sub-verb."""
+    kd = subparsers.add_parser("kd", help="generate teacher traces for sequence-level KD",
+                               description="Teacher traces for sequence-level knowledge distillation (stage kind "
+                                           "`kd`).")
 
     def show_help(args: argparse.Namespace) -> int:
-        distill.print_help()
+        kd.print_help()
         return 2
 
-    distill.set_defaults(func=show_help)
-    verbs = distill.add_subparsers(dest="distill_verb", metavar="SUBCOMMAND")
+    kd.set_defaults(func=show_help)
+    verbs = kd.add_subparsers(dest="kd_verb", metavar="SUBCOMMAND")
     p = verbs.add_parser("generate", help="sample teacher traces, keep the correct ones (rejection sampling)",
                          description="Sample K traces per problem from a teacher, keep those graded correct, "
                                      "write canonical records in the paper's format (resumable).")
