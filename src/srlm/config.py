@@ -211,6 +211,9 @@ class GRPOConfig(OptimConfig):
     aggregation: str = Field(
         "seq_mean", description="Loss aggregation: seq_mean (paper), token_mean, or dr_grpo."
     )
+    advantage: str = Field(
+        "grpo", description="Advantage estimator: grpo (reward minus its group's mean; paper) or rloo (leave-one-out)."
+    )
     scale_rewards: bool = Field(True, description="Divide advantages by the group's reward std.")
     rewards: list[str] = Field(default_factory=lambda: ["format", "accuracy"], description="Reward functions.")
     reward_weights: list[float] | None = Field(None, description="One weight per reward (default all 1).")

@@ -2,8 +2,8 @@
 
 `load_config` calls `check_config` after pydantic has validated the types, so a run with a misspelt reward
 or a dataset split that does not exist fails before its first stage, not hours into a study. Names are
-looked up in the registries they live in (datasets, prompts, rewards, loss aggregations, engines), so a
-name registered there is accepted here with no list to keep in step. Every problem is one clause naming
+looked up in the registries they live in (datasets, prompts, rewards, loss aggregations, advantage
+estimators, engines), so a name registered there is accepted here with no list to keep in step. Every problem is one clause naming
 the full key path and, for a name, the closest valid one; all problems of a config are reported at once.
 
 A stage of a pipeline is checked with its kind's section merged in; a problem that comes from the section
@@ -47,6 +47,12 @@ def _aggregations() -> dict:
     return AGGREGATIONS
 
 
+def _advantages() -> dict:
+    from srlm.train.losses import ADVANTAGE_ESTIMATORS
+
+    return ADVANTAGE_ESTIMATORS
+
+
 def _engines() -> Iterable[str]:
     import srlm.engines as engines
 
@@ -59,6 +65,7 @@ STAGE_NAMES: dict[str, Callable[[], Iterable[str]]] = {
     "prompt": _prompts,
     "rewards": _rewards,
     "aggregation": _aggregations,
+    "advantage": _advantages,
     "engine": _engines,
 }
 

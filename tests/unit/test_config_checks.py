@@ -10,6 +10,7 @@ from srlm.errors import UserError
 
 CASES = [
     (["grpo.aggregation=tok_mean"], "grpo.aggregation: unknown name 'tok_mean'; did you mean 'token_mean'?"),
+    (["grpo.advantage=rlo"], "grpo.advantage: unknown name 'rlo'; did you mean 'rloo'?"),
     (["grpo.rewards=[format, acuracy]"], "grpo.rewards: unknown name 'acuracy'; did you mean 'accuracy'?"),
     (["sft.prompt=tagz"], "sft.prompt: unknown name 'tagz'; did you mean 'tags'?"),
     (["grpo.prompt=tags_brif"], "grpo.prompt: unknown name 'tags_brif'; did you mean 'tags_brief'?"),

@@ -118,6 +118,23 @@ def test_equal_rewards_give_zero_advantages():
         group_advantages(torch.ones(5), 2)
 
 
+def test_leave_one_out_advantages_hand_computed_and_against_a_naive_loop():
+    from srlm.train.losses import ADVANTAGE_ESTIMATORS, leave_one_out_advantages
+
+    assert ADVANTAGE_ESTIMATORS["grpo"] is group_advantages  # the default keeps today's estimator
+    r = torch.tensor([1.0, 2.0, 6.0, 3.0, 3.0, 3.0])
+    # group (1, 2, 6): 1 - (2+6)/2 = -3, 2 - (1+6)/2 = -1.5, 6 - (1+2)/2 = 4.5; group (3, 3, 3): zeros
+    assert torch.allclose(leave_one_out_advantages(r, 3, scale=False), torch.tensor([-3.0, -1.5, 4.5, 0, 0, 0]))
+    s = torch.tensor([1.0, 2.0, 6.0]).std()
+    assert torch.allclose(leave_one_out_advantages(r, 3, eps=0.0), torch.tensor([-3 / s, -1.5 / s, 4.5 / s, 0, 0, 0]))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4 * 5, generator=g)
+    naive = torch.tensor([x[i] - (x[i // 5 * 5:i // 5 * 5 + 5].sum() - x[i]) / 4 for i in range(20)])
+    assert torch.allclose(leave_one_out_advantages(x, 5, scale=False), naive, atol=1e-6)
+    with pytest.raises(ValueError):
+        leave_one_out_advantages(torch.ones(4), 1)
+
+
 def test_token_logprobs_and_entropy_match_log_softmax():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 5, 11, generator=g)

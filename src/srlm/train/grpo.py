@@ -39,7 +39,7 @@ from srlm.train.loop import (
     enable_gradient_checkpointing, init_distributed, load_resume_checkpoint, make_optimizer, make_scheduler,
     progress_bar, run_beside, save_resume_checkpoint, sum_gradients,
 )
-from srlm.train.losses import AGGREGATIONS, group_advantages, grpo_loss, rollout_mismatch
+from srlm.train.losses import ADVANTAGE_ESTIMATORS, AGGREGATIONS, grpo_loss, rollout_mismatch
 from srlm.train.rollout_batch import completion_logprobs, pad_rollouts
 
 class Collapsed(Exception):
@@ -188,7 +188,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
                 per_reward = {name: torch.tensor([REWARDS[name](t, g) for t, g in zip(texts, golds)])
                               for name in cfg.rewards}  # name -> [B]
                 rewards = sum(w * per_reward[n] for n, w in zip(cfg.rewards, weights))  # [B]
-                advantages = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards)  # [B]
+                advantages = ADVANTAGE_ESTIMATORS[cfg.advantage](rewards, cfg.group_size, scale=cfg.scale_rewards)  # [B]
                 grades = [grade(t, g) for t, g in zip(texts, golds)]
             # ---- mu passes of clipped-ratio updates; none when every advantage is zero: the clipped
             # objective has no gradient then, so the passes would be spent for (almost) nothing

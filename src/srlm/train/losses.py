@@ -80,6 +80,31 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     return centred.reshape(-1)  # [B]
 
 
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
+                             eps: float = 1e-4) -> torch.Tensor:
+    """RLOO advantages: r minus the mean of the *other* rewards of its group. rewards [B] -> [B].
+
+    Equal to G/(G-1) times the group-centred reward, so the baseline never contains the sample itself.
+    `scale` divides by the group's sample std as `group_advantages` does; equal rewards give zeros.
+    """
+    if group_size < 2:
+        raise ValueError("leave-one-out advantages need groups of at least 2 completions")
+    centred = group_advantages(rewards, group_size, scale=False).view(-1, group_size)  # [B/G, G]
+    loo = centred * (group_size / (group_size - 1))  # [B/G, G]
+    if scale:
+        std = rewards.float().view(-1, group_size).std(dim=1, keepdim=True)  # [B/G, 1]
+        loo = torch.where(std > 0, loo / (std + eps), torch.zeros_like(loo))
+    return loo.reshape(-1)  # [B]
+
+
+# An advantage estimator turns a batch's rewards [B] (consecutive groups of `group_size` completions of one
+# prompt) into per-completion advantages [B]; `scale` is `grpo.scale_rewards`. Named by `grpo.advantage`.
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
+    "grpo": group_advantages,
+    "rloo": leave_one_out_advantages,
+}
+
+
 # ------------------------------------------------------------------------------------------------ GRPO
 
 
