@@ -28,7 +28,7 @@ from pathlib import Path
 from srlm import __version__
 from srlm.data.prompts import (EVAL_TEMPLATES, FORMAT_PROMPTS, benchmark_template, cut_at_stop, eval_stop_strings,
                                fewshot_draw, render_eval_prompt, stop_token_ids)
-from srlm.data.sources import load_records
+from srlm.data.sources import exact_answers, load_records
 from srlm.engines.base import Completion, SamplingParams, prompt_seeds
 from srlm.errors import UserError
 from srlm.faults import fault_point
@@ -285,7 +285,7 @@ def response_budget(cfg, engine, prompt_lengths: list[int], name: str) -> int:
 def _record(r: dict, j: int, prompt: str, c: Completion, benchmark: str, stop: tuple[str, ...] = (),
             fewshot: list[str] | None = None, audit: bool = False) -> dict:
     text = cut_at_stop(c.text, stop)  # the harness's stop strings end the response; they are not part of it
-    g = grade(text, r["answer"], benchmark=benchmark)
+    g = grade(text, r["answer"], exact=exact_answers(benchmark))
     out = {"id": r["id"], "sample": j, "prompt": prompt, "response": text, "extracted": g.extracted,
            "method": g.method, "gold": r["answer"], "correct": g.correct, "format_ok": g.format_ok,
            "tokens": c.tokens_generated, "finish_reason": c.finish_reason}

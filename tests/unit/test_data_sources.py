@@ -505,3 +505,12 @@ def test_shared_data_counts(name: str, split: str | None, count: int) -> None:
     records = load_records(name, split=split, path=SHARED_DATA)
     assert len(records) == count
     check_canonical(records)
+
+
+def test_exact_answers_is_a_field_of_the_registration():
+    from srlm.data.sources import DATASETS, exact_answers
+
+    # integer or exact-LaTeX golds; Minerva and OlympiadBench golds are rounded values and keep the tolerance
+    exact = {name for name in DATASETS if exact_answers(name)}
+    assert exact == {"gsm8k", "math500", "math", "amc23", "aime24", "camel_gsm8k", "synthetic"}
+    assert not exact_answers(None) and not exact_answers("not_registered")

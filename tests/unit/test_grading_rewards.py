@@ -72,10 +72,12 @@ def test_gold_is_parsed_once():
 
 
 def test_benchmark_controls_rounding_tolerance():
+    from srlm.data.sources import exact_answers
+
     assert grade("\\boxed{1.574}", "1.57").correct
-    assert grade("\\boxed{1.574}", "1.57", benchmark="minerva_math").correct
-    assert not grade("\\boxed{1.574}", "1.57", benchmark="math500").correct
-    assert not grade("\\boxed{1.574}", "1.57", benchmark="gsm8k").correct
+    assert grade("\\boxed{1.574}", "1.57", exact_answers("minerva_math")).correct
+    assert not grade("\\boxed{1.574}", "1.57", exact_answers("math500")).correct
+    assert not grade("\\boxed{1.574}", "1.57", exact_answers("gsm8k")).correct
 
 
 def test_importing_grading_does_not_import_torch():

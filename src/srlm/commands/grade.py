@@ -35,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--response-field", default="response",
                         help="field holding the model response (default: response)")
     parser.add_argument("--benchmark", default=None, metavar="NAME",
-                        help="benchmark the golds come from (e.g. gsm8k, math500, minerva); exact-answer "
-                             "benchmarks get no rounding tolerance")
+                        help="dataset the golds come from (e.g. gsm8k, math500, minerva_math); a dataset registered "
+                             "with exact answers gets no rounding tolerance")
     parser.add_argument("--explain", action="store_true",
                         help="print, per line, the extraction steps and the comparison that decided")
     parser.set_defaults(func=run)
@@ -71,6 +71,7 @@ def read_pairs(path: Path, response_field: str, gold_field: str) -> list[tuple[s
 
 
 def run(args: argparse.Namespace) -> int:
+    from srlm.data.sources import exact_answers
     from srlm.grading import grade  # imported here so `srlm --help` stays fast
 
     pairs = read_pairs(Path(args.file), args.response_field, args.gold_field)
@@ -78,12 +79,13 @@ def run(args: argparse.Namespace) -> int:
         from srlm.errors import UserError
 
         raise UserError(f"{args.file}: no lines to grade (the file is empty)")
+    exact = exact_answers(args.benchmark)  # the dataset's registration says whether its golds are exact
     start = time.perf_counter()
     correct = failures = 0
     verdicts = []
     out = sys.stdout
     for number, (response, gold) in enumerate(pairs, 1):
-        result = grade(response, gold, args.benchmark)
+        result = grade(response, gold, exact)
         verdicts.append({"method": result.method, "correct": result.correct})
         correct += result.correct
         failures += result.extracted is None
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             from srlm.grading.explain import explain
 
             out.write(f"case {number}: {'correct' if result.correct else 'wrong'}\n"
-                      + "".join(f"  {line}\n" for line in explain(response, gold, args.benchmark)))
+                      + "".join(f"  {line}\n" for line in explain(response, gold, exact)))
             continue
         out.write(json.dumps({
             "correct": result.correct,

@@ -353,6 +353,8 @@ class DatasetSpec:
     local_path: Path | None = None
     generate: RecordGenerator | None = None
     options: frozenset[str] = frozenset()
+    # golds are exact values (integers, exact LaTeX): the grader allows no rounding of a response's decimal
+    exact_answers: bool = False
 
     @property
     def source_hint(self) -> str:
@@ -381,30 +383,33 @@ def _synthetic(split: str, options: dict[str, Any]) -> list[Record]:
 _BUILTIN: tuple[DatasetSpec, ...] = (
     DatasetSpec("gsm8k", "GSM8K grade-school math; gold = number after '####' (commas removed)",
                 ("train", "test"), "test", _map_gsm8k,
-                HubSource("openai/gsm8k", ("main",), {"train": "train", "test": "test"})),
+                HubSource("openai/gsm8k", ("main",), {"train": "train", "test": "test"}), exact_answers=True),
     DatasetSpec("math500", "MATH500 (PRM800K test subset of MATH); gold = 'answer'",
-                ("test",), "test", _map_math500, HubSource("HuggingFaceH4/MATH-500", splits={"test": "test"})),
+                ("test",), "test", _map_math500, HubSource("HuggingFaceH4/MATH-500", splits={"test": "test"}),
+                exact_answers=True),
     DatasetSpec("math", "Hendrycks MATH train (7,500); gold = last \\boxed{} of the solution",
                 ("train",), "train", _map_math,
                 HubSource("EleutherAI/hendrycks_math",
                           ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
                            "number_theory", "prealgebra", "precalculus"),
-                          {"train": "train"})),
+                          {"train": "train"}), exact_answers=True),
     DatasetSpec("minerva_math", "Minerva Math (272 STEM problems); gold = 'answer' if present, else last \\boxed{}",
                 ("test",), "test", _map_minerva, HubSource("math-ai/minervamath", splits={"test": "test"})),
     DatasetSpec("olympiadbench", "OlympiadBench OE_TO_maths_en_COMP; gold = final_answer[0] without $...$",
                 ("test",), "test", _map_olympiadbench,
                 HubSource("Hothan/OlympiadBench", ("OE_TO_maths_en_COMP",), {"test": "train"})),
     DatasetSpec("amc23", "AMC 2023 (40 problems); gold = answer as integer text",
-                ("test",), "test", _map_amc23, HubSource("math-ai/amc23", splits={"test": "test"})),
+                ("test",), "test", _map_amc23, HubSource("math-ai/amc23", splits={"test": "test"}),
+                exact_answers=True),
     DatasetSpec("aime24", "AIME 2024 I+II (30 problems); gold = answer as integer text ('025' -> '25')",
-                ("test",), "test", _map_aime24, HubSource("HuggingFaceH4/aime_2024", splits={"test": "train"})),
+                ("test",), "test", _map_aime24, HubSource("HuggingFaceH4/aime_2024", splits={"test": "train"}),
+                exact_answers=True),
     DatasetSpec("camel_gsm8k", "CAMEL GSM8K distilled R1 traces; gold from the ground-truth solution",
                 ("train",), "train", _map_camel_gsm8k,
-                HubSource("camel-ai/gsm8k_distilled", splits={"train": "train"})),
+                HubSource("camel-ai/gsm8k_distilled", splits={"train": "train"}), exact_answers=True),
     DatasetSpec("synthetic", "generated GSM8K-style arithmetic problems (options: n, seed, min_ops, max_ops)",
                 ("train", "validation", "test"), "test", generate=_synthetic,
-                options=frozenset({"n", "seed", "min_ops", "max_ops"})),
+                options=frozenset({"n", "seed", "min_ops", "max_ops"}), exact_answers=True),
 )
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in _BUILTIN}
@@ -414,6 +419,13 @@ _BUILTIN_NAMES = frozenset(DATASETS)
 def list_datasets() -> list[tuple[str, str, tuple[str, ...]]]:
     """(name, description, splits) of every registered dataset, in registry order."""
     return [(s.name, s.description, s.splits) for s in DATASETS.values()]
+
+
+def exact_answers(name: str | None) -> bool:
+    """Whether the dataset `name`'s golds are exact values (`DatasetSpec.exact_answers`), what the grader's
+    `exact` takes. A name not registered (e.g. `srlm grade --benchmark` on another file) is not exact."""
+    spec = DATASETS.get(name) if name else None
+    return bool(spec and spec.exact_answers)
 
 
 def get_spec(name: str) -> DatasetSpec:

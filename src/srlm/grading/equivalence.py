@@ -48,9 +48,6 @@ _SAMPLE_POINTS = 3
 _ROUNDED_GOLD_DIGITS = 3
 # A response decimal of this many significant digits may stand for an exact irrational or fraction.
 _LONG_DECIMAL_DIGITS = 6
-# Benchmarks whose golds are exact (integers, or exact LaTeX): no rounding tolerance.
-_EXACT_BENCHMARKS = ("math", "math500", "math_train", "hendrycks_math", "synthetic")
-_EXACT_BENCHMARK_WORDS = ("gsm8k", "aime", "amc")
 # "(B) 12", "B", "B) 12", "\\textbf{(B)}": a letter in parentheses, or a bare A–E standing alone (not
 # "A+B", "E'" or a word).
 _CHOICE_IN_TEXT = re.compile(r"^\(([A-Z])\)|^([A-E])(?:$|[).:,](?:\s|$)|\s+(?=[\d(\\$-]))")
@@ -85,23 +82,16 @@ class Verdict:
     tier: str
 
 
-def benchmark_is_exact(benchmark: str | None) -> bool:
-    """Whether a benchmark's golds are exact values (no rounding tolerance)."""
-    if not benchmark:
-        return False
-    name = benchmark.lower().replace("-", "_")
-    return name in _EXACT_BENCHMARKS or any(word in name for word in _EXACT_BENCHMARK_WORDS)
-
-
 @lru_cache(maxsize=65536)
-def parse_gold(gold: str, benchmark: str | None = None) -> Gold:
-    """Parse ``gold`` once (cached): every response to the same problem reuses the result."""
+def parse_gold(gold: str, exact: bool = False) -> Gold:
+    """Parse ``gold`` once (cached): every response to the same problem reuses the result. ``exact``: the
+    gold is an exact value (its dataset's ``exact_answers``, e.g. GSM8K, MATH): no rounding tolerance."""
     norm = normalize_answer(gold)
     both = _CHOICE_AND_VALUE.fullmatch(norm.text)
-    choice_and_value = ((both.group(1) or both.group(2) or both.group(3)), parse_gold(both.group(4), benchmark)) \
+    choice_and_value = ((both.group(1) or both.group(2) or both.group(3)), parse_gold(both.group(4), exact)) \
         if both else None
     return Gold(raw=gold, norm=norm, canon=_canon(norm.text), shape=parse_answer(norm.text),
-                tolerant=not benchmark_is_exact(benchmark), choice_and_value=choice_and_value)
+                tolerant=not exact, choice_and_value=choice_and_value)
 
 
 def _canon(text: str) -> str:
@@ -117,12 +107,12 @@ class _Context:
     pred_degrees: bool
 
 
-def compare(pred: str | None, gold: str | Gold, benchmark: str | None = None,
+def compare(pred: str | None, gold: str | Gold, exact: bool = False,
             symbolic_timeout: float | None = None) -> Verdict:
     """Compare an extracted answer with the gold answer (string or ``parse_gold`` result)."""
     if pred is None:
         return Verdict(False, NO_ANSWER)
-    g = gold if isinstance(gold, Gold) else parse_gold(gold, benchmark)
+    g = gold if isinstance(gold, Gold) else parse_gold(gold, exact)
     p_norm = normalize_answer(pred)
     p_canon = _canon(p_norm.text)
     if not p_canon:
@@ -159,9 +149,9 @@ def compare(pred: str | None, gold: str | Gold, benchmark: str | None = None,
     return Verdict(symbolic_equal(g.norm.text, p_norm.text, **kwargs) is True, SYMBOLIC)
 
 
-def is_equivalent(pred: str | None, gold: str | Gold, benchmark: str | None = None) -> bool:
+def is_equivalent(pred: str | None, gold: str | Gold, exact: bool = False) -> bool:
     """Whether the extracted answer ``pred`` equals ``gold``."""
-    return compare(pred, gold, benchmark).equal
+    return compare(pred, gold, exact).equal
 
 
 def _choice_letter(text: str) -> str | None:

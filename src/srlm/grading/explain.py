@@ -58,7 +58,7 @@ def _rounding_note(g) -> str:
     return f" (a short decimal, fewer than {_ROUNDED_GOLD_DIGITS} significant digits: exact)"
 
 
-def explain(response: str, gold: str, benchmark: str | None = None) -> list[str]:
+def explain(response: str, gold: str, exact: bool = False) -> list[str]:
     """The extraction steps and the comparison, one line each, ending with the verdict."""
     text = sanitize(response)
     lines = []
@@ -89,7 +89,7 @@ def explain(response: str, gold: str, benchmark: str | None = None) -> list[str]
                      f"{_show(last_number(span, committed=True))}")
     extraction = extract_answer(text)
     lines.append(f"rule that fired: {extraction.method} -> {_show(extraction.answer)}")
-    g = parse_gold(sanitize(gold), benchmark)
+    g = parse_gold(sanitize(gold), exact)
     lines.append(f"gold: {_show(gold)} -> normalised {_show(g.norm.text)}: {describe_shape(g.shape)}"
                  + _rounding_note(g))
     if extraction.answer is not None:

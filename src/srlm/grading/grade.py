@@ -40,10 +40,11 @@ def format_ok(response: str) -> bool:
     return think_end < answer_start and not text[think_end + len("</think>"):answer_start].strip()
 
 
-def grade(response: str, gold: str | Gold, benchmark: str | None = None) -> Grade:
-    """Extract the final answer of ``response`` and compare it with ``gold``."""
+def grade(response: str, gold: str | Gold, exact: bool = False) -> Grade:
+    """Extract the final answer of ``response`` and compare it with ``gold``. ``exact``: the gold is an
+    exact value, no rounding tolerance (the dataset's ``exact_answers``: ``data.sources.exact_answers``)."""
     extraction = extract_answer(response)
-    g = gold if isinstance(gold, Gold) else parse_gold(sanitize(gold), benchmark)
+    g = gold if isinstance(gold, Gold) else parse_gold(sanitize(gold), exact)
     verdict = compare(extraction.answer, g)
     return Grade(
         correct=verdict.equal,

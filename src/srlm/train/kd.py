@@ -16,7 +16,7 @@ import torch
 from srlm.data.jsonl import json_objects
 from srlm.data.prepare import trace_solution
 from srlm.data.prompts import render_prompt, stop_token_ids
-from srlm.data.sources import load_stage_records
+from srlm.data.sources import exact_answers, load_stage_records
 from srlm.errors import UserError
 from srlm.faults import fault_point
 from srlm.models import load_model
@@ -112,7 +112,7 @@ def generate_traces(teacher_dir: str, records: list[dict], out: Path, device: to
                 for r, completions in zip(chunk, engine.generate(prompts, sampling, seeds=seeds)):
                     accepted = 0
                     for k, c in enumerate(completions):
-                        g = grade(c.text, r["answer"], benchmark)
+                        g = grade(c.text, r["answer"], exact_answers(benchmark))
                         if not g.correct or c.truncated:
                             continue
                         solution, rewritten = trace_solution(c.text, g.extracted)
