@@ -7,7 +7,9 @@ import math
 import pytest
 
 from srlm.config import CollapseGuardConfig
-from srlm.train.grpo import CollapseGuard
+from srlm.engines.base import Completion
+from srlm.train.grpo import CollapseGuard, rollout_entropy
+from srlm.train.loop import Dist
 
 HEALTHY = [(0.5, 0.9, 0.30, 1.0)] * 6  # (loss, format rate, entropy, reward) per step
 
@@ -20,6 +22,11 @@ CASES = [
     # a sharp policy that still earns its reward has converged, it has not collapsed
     ("sharp and right", [(0.5, 0.9, 0.3, 1.0)] * 3 + [(0.5, 0.9, 0.001, 1.1)] * 3, None),
     ("reward dips, entropy fine", [(0.5, 0.9, 0.3, 1.0)] * 3 + [(0.5, 0.9, 0.3, 0.2)] * 3, None),
+    # skipped updates (no loss): identical samples in every group count as zero entropy ...
+    ("frozen, updates skipped", [(0.5, 0.9, 0.3, 1.0)] * 3 + [(None, 0.9, 0.0, 0.2)] * 3, "entropy fell"),
+    # ... varied samples leave the entropy unknown: the known window decides, the format rule still works
+    ("skipped, entropy unknown", [(0.5, 0.9, 0.3, 1.0)] * 3 + [(None, 0.9, None, 0.2)] * 3, None),
+    ("skipped, format falls", [(0.5, 0.9, 0.3, 1.0)] * 3 + [(None, 0.0, None, -1.0)] * 3, "format rate fell"),
 ]
 
 
@@ -38,3 +45,14 @@ def test_disabled_guard_still_stops_on_non_finite_loss():
     guard = CollapseGuard(CollapseGuardConfig(enabled=False, window=1))
     assert guard.check(0.5, 0.0, 9.0, -2.0) is None
     assert "non-finite" in guard.check(math.inf, 0.9, 0.3, 1.0)
+
+
+def _group(*seqs):
+    return [Completion(token_ids=list(t), text="", finish_reason="length") for t in seqs]
+
+
+def test_rollout_entropy_is_zero_only_when_every_group_repeats_one_sequence():
+    one = Dist()  # a single process
+    assert rollout_entropy([_group((1, 2), (1, 2)), _group((3,), (3,))], one) == 0.0
+    assert rollout_entropy([_group((1, 2), (1, 2)), _group((3,), (4,))], one) is None
+    assert rollout_entropy([_group((1, 2), (1, 3))], one) is None

@@ -62,27 +62,31 @@ class CollapseGuard:
         self.best_reward = -math.inf
         self.start_entropy: float | None = None
 
-    def check(self, loss: float, format_rate: float, entropy: float, reward: float) -> str | None:
-        """The reason to stop, or None while training looks healthy."""
-        if not (math.isfinite(loss) and math.isfinite(entropy)):
+    def check(self, loss: float | None, format_rate: float, entropy: float | None, reward: float) -> str | None:
+        """The reason to stop, or None while training looks healthy. A step whose update was skipped has no
+        loss, and no entropy unless its rollouts show one (`rollout_entropy`): None leaves those windows be."""
+        if not all(math.isfinite(v) for v in (loss, entropy) if v is not None):
             return f"non-finite loss or entropy (loss {loss}, entropy {entropy})"
         if not self.cfg.enabled:
             return None
         self.format.append(format_rate)
-        self.entropy.append(entropy)
+        if entropy is not None:
+            self.entropy.append(entropy)
         self.reward.append(reward)
         if len(self.format) < self.cfg.window:
             return None
         f_avg = sum(self.format) / len(self.format)
-        e_avg = sum(self.entropy) / len(self.entropy)
         r_avg = sum(self.reward) / len(self.reward)
         self.best_reward = max(self.best_reward, r_avg)
-        if self.start_entropy is None:
-            self.start_entropy = e_avg
         self.best_format = max(self.best_format, f_avg)
         if f_avg < self.cfg.min_format_rate and self.best_format - f_avg >= self.cfg.format_drop:
             return (f"format rate fell to {f_avg:.2f} (moving average over {len(self.format)} steps) "
                     f"from {self.best_format:.2f}")
+        if len(self.entropy) < self.cfg.window:
+            return None
+        e_avg = sum(self.entropy) / len(self.entropy)
+        if self.start_entropy is None:
+            self.start_entropy = e_avg
         if e_avg > max(self.cfg.max_entropy, self.start_entropy + self.cfg.entropy_rise):
             return f"token entropy rose to {e_avg:.2f} nats from {self.start_entropy:.2f}"
         if e_avg < self.cfg.min_entropy and self.best_reward - r_avg >= self.cfg.reward_drop:
@@ -111,6 +115,15 @@ class NoSignalWatch:
             self.said = True
             return self.MESSAGE.format(n=self.run)
         return None
+
+
+def rollout_entropy(completions: list[list], d) -> float | None:
+    """What a skipped update's rollouts say of the token entropy: 0 when, in every group (on every rank),
+    all samples are the same tokens (sampling keeps drawing one sequence: the policy is deterministic in
+    practice, the collapse the guard's low-entropy rule is for); None, unknown, otherwise. The update's
+    forward pass, which measures the entropy, is exactly what a skipped step saves."""
+    varied = any(len({tuple(c.token_ids) for c in group}) > 1 for group in completions)
+    return None if all_reduce_sum(float(varied), d) > 0 else 0.0
 
 
 def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress: bool = True) -> dict:
@@ -217,7 +230,8 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
             bar.set_postfix(reward=f"{last['reward']:.2f}", acc=f"{last['accuracy']:.2f}",
                             fmt=f"{last['format_rate']:.2f}", kl="skipped" if skip else f"{last['kl']:.3f}")
             bar.update(1)
-            why = None if skip else guard.check(last["loss"], last["format_rate"], last["entropy"], last["reward"])
+            why = guard.check(None, last["format_rate"], rollout_entropy(completions, d), last["reward"]) if skip \
+                else guard.check(last["loss"], last["format_rate"], last["entropy"], last["reward"])
             if why:
                 raise Collapsed(why)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps and d.main:
