@@ -57,7 +57,7 @@ def main() -> None:
     from srlm.data.sources import register_custom
     from srlm.grading.rewards import REWARDS
     from srlm.train.grpo import run_grpo
-    from srlm.train.loop import read_metrics
+    from srlm.files import read_metrics
 
     model = ensure_model(args.model)
     work = Path(tempfile.mkdtemp(prefix="srlm-grpo-bench-"))

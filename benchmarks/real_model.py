@@ -97,7 +97,7 @@ def run_sft(model: Path, work: Path, lora: bool) -> dict:
     import torch
 
     from srlm.config import DatasetRef, SFTConfig
-    from srlm.train.loop import read_metrics
+    from srlm.files import read_metrics
     from srlm.train.sft import run_sft as sft
 
     cfg = SFTConfig(data=DatasetRef(name="gsm8k", split="train", path=str(DATA), limit=64), steps=3, batch_size=8,
@@ -114,7 +114,7 @@ def run_grpo(model: Path, work: Path) -> dict:
 
     from srlm.config import DatasetRef, GRPOConfig
     from srlm.train.grpo import run_grpo as grpo
-    from srlm.train.loop import read_metrics
+    from srlm.files import read_metrics
 
     from srlm.grading.rewards import REWARDS
 

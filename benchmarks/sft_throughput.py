@@ -54,7 +54,7 @@ def main() -> None:
 
     from srlm.config import SFTConfig
     from srlm.models import load_model
-    from srlm.train.loop import read_metrics
+    from srlm.files import read_metrics
     from srlm.train.supervised import train_supervised
 
     device = torch.device("cpu")

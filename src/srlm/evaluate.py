@@ -37,7 +37,7 @@ from srlm.grading.audit import accuracy_by_method, disagreements, grader_audit
 from srlm.grading.symbolic import math_verify_equal
 from srlm.repetition import ends_in_loop
 from srlm.stats import accuracy_summary
-from srlm.train.loop import atomic_write_json
+from srlm.files import atomic_write_json
 
 # Below this extraction rate a benchmark's accuracy is not a measurement of reasoning but of format: the
 # report marks it with the paper's dagger instead of printing a bare number.

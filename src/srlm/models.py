@@ -16,7 +16,7 @@ import torch
 
 from srlm.errors import UserError
 from srlm.faults import fault_point
-from srlm.train.loop import replace_folder
+from srlm.files import replace_folder
 
 
 def resolve_device(name: str = "auto") -> torch.device:

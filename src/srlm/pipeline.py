@@ -38,7 +38,7 @@ from srlm.config import RunConfig, pipeline_seeds, pipeline_stages, pipeline_sta
 from srlm.errors import NonFiniteLoss, UserError
 from srlm.faults import fault_point
 from srlm.models import resolve_device
-from srlm.train.loop import atomic_write_json, atomic_write_text
+from srlm.files import atomic_write_json, atomic_write_text
 
 
 def _stage_runners():

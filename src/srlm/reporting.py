@@ -14,7 +14,7 @@ from srlm.report import (
     gains_records, gains_table, latex, pipeline_cost_records, pipeline_cost_table, report_markdown, start_groups,
 )
 from srlm.stats import paired_difference
-from srlm.train.loop import atomic_write_text, read_metrics
+from srlm.files import atomic_write_text, read_metrics
 
 # GRPO metrics plotted, with the panel titles: the accuracy and format rate are those of the step's
 # rollouts (training prompts, sampled at the training temperature), not of an evaluation.

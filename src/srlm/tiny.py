@@ -123,7 +123,7 @@ def write_tiny_model(out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
     import shutil
 
     from srlm.faults import fault_point
-    from srlm.train.loop import replace_folder
+    from srlm.files import replace_folder
 
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")

@@ -10,7 +10,7 @@ from srlm.config import DatasetRef, LogitKDConfig, SFTConfig
 from srlm.engines.base import Completion
 from srlm.errors import UserError
 from srlm.tiny import TinySpec, write_tiny_model
-from srlm.train.loop import read_metrics
+from srlm.files import read_metrics
 
 pytestmark = pytest.mark.e2e
 

@@ -60,7 +60,7 @@ from srlm.config import GRPOConfig, DatasetRef
 from srlm.engines.base import Completion
 from srlm.models import load_model
 from srlm.train.grpo import grpo_update
-from srlm.train.loop import init_distributed
+from srlm.train.distributed import init_distributed
 
 if __name__ == "__main__":
     model_dir, out = sys.argv[1], sys.argv[2]
@@ -124,7 +124,7 @@ def _update_beside_a_moved_reference(tiny, cfg, seqs, adv):
 
     from srlm.models import load_model
     from srlm.train.grpo import grpo_update
-    from srlm.train.loop import init_distributed
+    from srlm.train.distributed import init_distributed
 
     model, tok = load_model(tiny, torch.device("cpu"), dtype="float32")
     ref = copy.deepcopy(model).eval().requires_grad_(False)
@@ -178,7 +178,7 @@ def test_a_policy_with_dropout_runs_its_micro_batches_whole(tiny, monkeypatch, d
     import srlm.train.grpo as grpo
     from srlm.config import LoraConfig
     from srlm.models import apply_lora, load_model
-    from srlm.train.loop import init_distributed
+    from srlm.train.distributed import init_distributed
 
     sides = []
     run_beside = grpo.run_beside

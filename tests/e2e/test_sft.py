@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from srlm.config import DatasetRef, LoraConfig, SFTConfig
 from srlm.tiny import TinySpec, write_tiny_model
-from srlm.train.loop import read_metrics
+from srlm.files import read_metrics
 
 pytestmark = pytest.mark.e2e
 

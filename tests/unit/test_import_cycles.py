@@ -80,3 +80,14 @@ def test_the_graph_sees_lazy_and_relative_imports():
 def test_srlm_has_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_evaluation_and_reporting_do_not_import_the_trainer():
+    graph = import_graph()
+    for start in ("srlm.evaluate", "srlm.reporting", "srlm.report"):
+        seen, todo = set(), [start]
+        while todo:  # everything `start` imports, directly or through others
+            for dep in graph[todo.pop()] - seen:
+                seen.add(dep)
+                todo.append(dep)
+        assert not {m for m in seen if m.startswith("srlm.train")}, start

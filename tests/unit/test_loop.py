@@ -9,10 +9,12 @@ import torch
 from srlm.config import OptimConfig, SFTConfig
 from srlm.data.collate import IGNORE_INDEX, TokenizedExample, pack_rows, packed_batch, pad_batch
 from srlm.errors import UserError
-from srlm.train.loop import (
-    Dist, MetricsLog, clip_and_step_tensor, load_resume_checkpoint, lr_factor, make_optimizer, make_scheduler,
-    read_metrics, run_beside, save_resume_checkpoint, sum_gradients,
-)
+from srlm.files import read_metrics
+from srlm.train.beside import run_beside
+from srlm.train.checkpoint import load_resume_checkpoint, save_resume_checkpoint
+from srlm.train.distributed import Dist, sum_gradients
+from srlm.train.metrics import MetricsLog
+from srlm.train.optim import clip_and_step_tensor, lr_factor, make_optimizer, make_scheduler
 from srlm.train.losses import sft_loss
 from srlm.data.prepare import completion_for, is_paper_completion
 from srlm.data.sources import load_stage_records
@@ -158,7 +160,7 @@ def test_packed_gradients_equal_padded_gradients(tiny):
 def test_gradient_checkpointing_changes_memory_not_gradients(tmp_path):
     from srlm.models import load_model
     from srlm.tiny import TinySpec, write_tiny_model
-    from srlm.train.loop import enable_gradient_checkpointing
+    from srlm.train.optim import enable_gradient_checkpointing
 
     d = write_tiny_model(tmp_path / "m", TinySpec(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64))
     exs = _examples([11, 6, 9], seed=2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from srlm.engines.base import Completion
-from srlm.train.loop import enable_gradient_checkpointing
+from srlm.train.optim import enable_gradient_checkpointing
 from srlm.train.rollout_batch import completion_logprobs, pad_rollouts
 
 

@@ -21,7 +21,7 @@ def run(args) -> int:
     from srlm.errors import UserError
     from srlm.report import BOLD_GAIN, compare_records, compare_table, csv_records, markdown
     from srlm.reporting import compare_runs
-    from srlm.train.loop import atomic_write_text
+    from srlm.files import atomic_write_text
 
     for d in (args.run_a, args.run_b):
         if not Path(d).is_dir() or not list(Path(d).glob("*/pipeline.json")):

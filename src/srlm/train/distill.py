@@ -161,7 +161,7 @@ def run_distill(cfg, model_dir: Path, out_dir: Path, device: torch.device, progr
         model = apply_lora(model, cfg.lora, tok)
     rollout = None
     if cfg.on_policy > 0:
-        from srlm.train.loop import init_distributed
+        from srlm.train.distributed import init_distributed
 
         rollout = make_rollout(model, tok, cfg, init_distributed(device).rank)
     summary = train_supervised(model, tok, kept, cfg, out_dir, device, progress, desc="distill",

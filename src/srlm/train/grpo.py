@@ -34,11 +34,11 @@ from srlm.memory import describe_estimate, training_estimate
 from srlm.grading.rewards import REWARDS
 from srlm.grading import grade
 from srlm.models import apply_lora, hf_weights, is_peft, load_model, save_model
-from srlm.train.loop import (
-    MetricsLog, Timer, all_reduce_sum, broadcast_parameters, can_run_beside, clip_and_step,
-    enable_gradient_checkpointing, init_distributed, load_resume_checkpoint, make_optimizer, make_scheduler,
-    progress_bar, run_beside, save_resume_checkpoint, sum_gradients,
-)
+from srlm.train.beside import can_run_beside, run_beside
+from srlm.train.checkpoint import load_resume_checkpoint, save_resume_checkpoint
+from srlm.train.distributed import all_reduce_sum, broadcast_parameters, init_distributed, sum_gradients
+from srlm.train.metrics import MetricsLog, Timer, progress_bar
+from srlm.train.optim import clip_and_step, enable_gradient_checkpointing, make_optimizer, make_scheduler
 from srlm.train.losses import ADVANTAGE_ESTIMATORS, AGGREGATIONS, grpo_loss, rollout_mismatch
 from srlm.train.rollout_batch import completion_logprobs, pad_rollouts
 

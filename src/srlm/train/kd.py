@@ -20,7 +20,7 @@ from srlm.data.sources import exact_answers, load_stage_records
 from srlm.errors import UserError
 from srlm.faults import fault_point
 from srlm.models import load_model
-from srlm.train.loop import atomic_write_text
+from srlm.files import atomic_write_text
 from srlm.train.sft import run_sft
 
 

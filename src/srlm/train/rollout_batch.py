@@ -18,7 +18,7 @@ import torch
 from srlm.data.collate import distinct_left_padded
 from srlm.hf_compat import cache_kwargs, output_cache
 from srlm.train.lean_forward import lean_completion_logits, lean_training_unsupported
-from srlm.train.loop import is_checkpointing
+from srlm.train.optim import is_checkpointing
 from srlm.train.losses import linear_token_logprobs, token_entropy, token_logprobs
 from srlm.train.output_layer import decoder, plain_head
 

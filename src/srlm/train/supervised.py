@@ -31,10 +31,15 @@ from srlm.faults import fault_point
 from srlm.hf_compat import logits_at
 from srlm.memory import describe_estimate, training_estimate
 from srlm.models import save_model
-from srlm.train.loop import (
-    Dist, MetricsLog, autocast, broadcast_parameters, clip_and_step_tensor, compile_layers, compile_requested,
-    enable_gradient_checkpointing, full_state_dict, gradient_sync, init_distributed, load_resume_checkpoint,
-    make_optimizer, make_scheduler, progress_bar, save_resume_checkpoint, shard_model, sum_gradients,
+from srlm.train.checkpoint import load_resume_checkpoint, save_resume_checkpoint
+from srlm.train.distributed import (
+    Dist, all_reduce_sums, broadcast_parameters, full_state_dict, gradient_sync, init_distributed, shard_model,
+    sum_gradients,
+)
+from srlm.train.metrics import MetricsLog, progress_bar
+from srlm.train.optim import (
+    autocast, clip_and_step_tensor, compile_layers, compile_requested, enable_gradient_checkpointing,
+    make_optimizer, make_scheduler,
 )
 from srlm.train.losses import linear_cross_entropy, selected_cross_entropy
 from srlm.train.output_layer import decoder, plain_head
@@ -155,8 +160,8 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
             mine, extra_stats = rollout(step, mine)
         # The whole step's loss-token count: every micro-batch divides by it, so accumulation and data
         # parallelism give exactly the gradient of one big batch's token-mean loss.
-        n_loss, real_tokens = (int(x) for x in _sum_all(d, sum(e.n_predicted for mb in mine for e in mb),
-                                                         sum(len(e.input_ids) for mb in mine for e in mb)))
+        n_loss, real_tokens = (int(x) for x in all_reduce_sums(d, sum(e.n_predicted for mb in mine for e in mb),
+                                                               sum(len(e.input_ids) for mb in mine for e in mb)))
         loss_sum = torch.zeros((), device=device)
         stat_sums: dict[str, torch.Tensor] = {}
         for k, mb in enumerate(mine):
@@ -206,14 +211,3 @@ def _check_finite(step: int, loss: float, grad_norm: float) -> None:
     for what, value in (("loss", loss), ("gradient norm", grad_norm)):
         if not math.isfinite(value):
             raise NonFiniteLoss(f"{what} is {'NaN' if value != value else value} at step {step}")
-
-
-def _sum_all(d: Dist, *values: int) -> list[float]:
-    """Sum numbers over processes in one all-reduce (identity for one process)."""
-    if d.world == 1:
-        return list(values)
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
