@@ -9,7 +9,7 @@ import pytest
 from srlm.config import CollapseGuardConfig
 from srlm.engines.base import Completion
 from srlm.train.grpo import CollapseGuard, rollout_entropy
-from srlm.train.loop import Dist
+from srlm.train.distributed import Dist
 
 HEALTHY = [(0.5, 0.9, 0.30, 1.0)] * 6  # (loss, format rate, entropy, reward) per step
 
