@@ -13,21 +13,19 @@ import os
 import re
 from pathlib import Path
 
-PAPER_BENCHMARKS = "olympiadbench,math500,minerva_math,amc23,gsm8k"
-
-
 def register(sub) -> None:
     from srlm.config import EvalConfig
     from srlm.data.prompts import eval_prompt_names
     from srlm.engines import ENGINES, EngineOptions
 
     d, e = EvalConfig(), EngineOptions(model="")
+    paper_benchmarks = ",".join(ref.name for ref in d.benchmarks)  # the one list: EvalConfig's default
     p = sub.add_parser("eval", help="evaluate a model on math benchmarks (samples.jsonl + summary.json)",
                        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder or hub id (for --engine openai: the served "
                                                   "model's name)")
-    p.add_argument("--benchmarks", default=PAPER_BENCHMARKS,
-                   help=f"comma-separated dataset names (default {PAPER_BENCHMARKS}; see `srlm data list`)")
+    p.add_argument("--benchmarks", default=paper_benchmarks,
+                   help=f"comma-separated dataset names (default {paper_benchmarks}; see `srlm data list`)")
     p.add_argument("--data-path", help="local data: a data folder laid out as DIR/NAME/SPLIT.jsonl (.json and "
                                        ".parquet also work), a folder of SPLIT.jsonl files, or one file "
                                        "(default: $SRLM_DATA_PATH, else the hub)")

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from srlm.data.collate import IGNORE_INDEX  # the one label value that carries no loss
 
 
 # ------------------------------------------------------------------------------------- token log-probs
