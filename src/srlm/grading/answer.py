@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from srlm.grading.evaluate import contains, expand_pm
+from srlm.grading.values import contains, expand_pm
 from srlm.grading.expression import FUNCTIONS, INF, ParseError, TooLarge, expand_repeating_decimals, parse_tokens
 from srlm.grading.tokens import Token, TokenizeError, tokenize
 from srlm.grading.units import SINGLE_LETTER_UNITS, unit_scale

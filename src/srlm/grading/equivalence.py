@@ -6,7 +6,7 @@ Tiers, cheapest first; the first that can decide does:
 2. ``structure``: both answers are parsed into shapes (``answer.py``) and compared piece by piece:
    numbers exactly as rationals, tuples in order, sets and bare lists in any order, intervals with
    their brackets, equations by their solved-for value, choice letters, text by its words, and
-   expressions by value at fixed sample points (``evaluate.py``). No sympy.
+   expressions by value at fixed sample points (``values.py``). No sympy.
 3. ``symbolic``: only when tier 2 cannot read an answer, sympy decides in a worker process with a
    hard time limit (``symbolic.py``).
 
@@ -32,7 +32,7 @@ from functools import lru_cache
 
 from srlm.grading.answer import INFINITY, NEG_INFINITY, Scalar, parse_answer, text_words
 from srlm.grading.extract import last_number
-from srlm.grading.evaluate import (WIDE_POINTS_FROM, EvalError, close, contains, exact_value, fold_symbol_case,
+from srlm.grading.values import (WIDE_POINTS_FROM, EvalError, close, contains, exact_value, fold_symbol_case,
                                    free_symbols, numeric_value)
 from srlm.grading.normalize import Normalized, normalize_answer
 from srlm.grading.symbolic import symbolic_equal
@@ -701,7 +701,7 @@ def _rationals_equal(gv: Fraction, pv: Fraction, g: Scalar, p: Scalar, ctx: _Con
 
 def _same_function(a_tree: tuple, b_tree: tuple, scale: float) -> bool:
     """Equal at every sample point where both have a value (at least two such points); step functions
-    are also compared at widely spread points (`evaluate.sample_value`)."""
+    are also compared at widely spread points (`values.sample_value`)."""
     agreed = 0
     points = list(range(_SAMPLE_POINTS))
     if any(contains(t, kind) for t in (a_tree, b_tree) for kind in ("floor", "ceil", "fact", "binom")):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from srlm.grading.answer import parse_answer
 from srlm.grading.equivalence import _ROUNDED_GOLD_DIGITS, compare, parse_gold
-from srlm.grading.evaluate import exact_value
+from srlm.grading.values import exact_value
 from srlm.grading.extract import (_after_gsm8k_mark, _after_phrase, _answer_tag_content, boxed_answer, boxes,
                                   extract_answer, last_number, sanitize, strip_think)
 from srlm.grading.grade import grade
