@@ -423,7 +423,7 @@ def _run_all(cfg: RunConfig, run_dir: Path, names: list[str], progress: bool) ->
         run_progress.TRACKER.get().finish()
     finally:
         run_progress.TRACKER.reset(token)
-    from srlm.reporting import write_report
+    from srlm.report_folder import write_report
 
     write_report(run_dir)
     return results

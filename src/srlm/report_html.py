@@ -10,7 +10,7 @@ import base64
 import html
 import re
 
-from srlm.report import Section
+from srlm.report_tables import Section
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _CODE = re.compile(r"`([^`]+)`")

@@ -294,7 +294,7 @@ def test_a_model_that_never_writes_the_tags_skips_its_updates_and_warns_once(tin
     was skipped, the weights stay as they were, and one plain warning says why (also in the stage summary
     and the report)."""
     import srlm.train.grpo as grpo
-    from srlm.report import Row, report_sections
+    from srlm.report_tables import Row, report_sections
 
     passes = []
     monkeypatch.setattr(grpo, "grpo_update", lambda *a, **kw: passes.append(1) or {})

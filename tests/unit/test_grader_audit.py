@@ -129,7 +129,7 @@ def test_evaluation_records_the_audit(worker, tmp_path, prompt, audit):
 
 
 def test_report_shows_grader_agreement_and_na_format():
-    from srlm.report import Row, format_table, grader_agreement_table, report_markdown
+    from srlm.report_tables import Row, format_table, grader_agreement_table, report_markdown
 
     audit = {"n_judged": 4, "srlm_accuracy": 0.5, "math_verify_accuracy": 0.75, "agreement": 0.75}
     rows = [Row("base", "done", {"gsm8k": {"accuracy": 0.5, "accuracy_se": 0.1, "format_rate": None,
@@ -144,7 +144,7 @@ def test_report_shows_grader_agreement_and_na_format():
 
 def test_audits_of_several_seeds_are_pooled():
     from srlm.grading.audit import merge_audits
-    from srlm.reporting import combine_seeds
+    from srlm.report_folder import combine_seeds
 
     a = grader_audit([sample(0, True, second=True), sample(1, True, second=False)])  # 1 of 2 agree
     b = grader_audit([sample(0, False, second=False), sample(1, True, second=True), sample(2, False, second=None),

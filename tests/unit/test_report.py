@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from srlm.report import (
+from srlm.report_tables import (
     Gain, Row, StageCost, accuracy_records, accuracy_table, cost_table, csv_records, format_table, gains_table, latex,
     marks_legend, markdown, pipeline_cost_table, report_markdown, start_groups,
 )
@@ -92,7 +92,7 @@ def _stage(d, seconds, tokens=100):
 
 
 def test_cost_per_stage_counts_a_shared_stage_once_and_pipelines_total_their_own():
-    from srlm.reporting import collect_stages
+    from srlm.report_folder import collect_stages
 
     rows = [Row("base", "done", stages=[_stage("s/pretrain", 100)]),
             Row("base + SFT", "done", stages=[_stage("s/pretrain", 100), _stage("s/sft", 10)]),
@@ -125,7 +125,7 @@ def test_rows_group_by_starting_model():
 
 
 def test_moving_average_skips_missing_values():
-    from srlm.reporting import moving_average
+    from srlm.report_folder import moving_average
 
     assert moving_average([1, 3, float("nan"), 5], 2) == [1, 2, 3, 5]
 
@@ -162,7 +162,7 @@ def _pipeline(run_dir, name, stage_dirs, correct_by_problem, protocol):
 
 
 def test_collect_gains_pairs_each_row_with_the_row_it_extends(tmp_path):
-    from srlm.reporting import collect_gains, collect_rows
+    from srlm.report_folder import collect_gains, collect_rows
 
     proto = {"n": 2, "temperature": 0.6}
     _pipeline(tmp_path, "base", ["s/pre"], {"a": [0, 0], "b": [1, 0], "c": [0, 0]}, proto)

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from fake_run import make_run
 
-from srlm.reporting import write_report
+from srlm.report_folder import write_report
 
 
 @pytest.fixture(scope="module")

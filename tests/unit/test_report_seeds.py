@@ -4,8 +4,8 @@ per-seed paired gains, numeric CSV columns; and the config side (which stages a 
 import pytest
 from fake_run import make_seed_run
 
-from srlm.report import accuracy_table, gains_table
-from srlm.reporting import collect_gains, collect_rows, combine_seeds, write_report
+from srlm.report_tables import accuracy_table, gains_table
+from srlm.report_folder import collect_gains, collect_rows, combine_seeds, write_report
 
 
 def test_seed_rows_show_the_mean_the_problem_se_and_the_seed_sd(tmp_path):

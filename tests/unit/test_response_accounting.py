@@ -73,7 +73,7 @@ def test_stop_repetition_needs_an_engine_that_honours_it(tmp_path):
 
 
 def test_report_table_of_how_responses_ended():
-    from srlm.report import Row, report_markdown, response_table
+    from srlm.report_tables import Row, report_markdown, response_table
 
     s = {"accuracy": 0.5, "accuracy_se": 0.1, "format_rate": 1.0, "extraction_rate": 1.0,
          **response_accounting([sample("x" + LOOP, 500, "length"), sample("7", 10)])}

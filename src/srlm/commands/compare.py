@@ -19,8 +19,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from srlm.errors import UserError
-    from srlm.report import BOLD_GAIN, compare_records, compare_table, csv_records, markdown
-    from srlm.reporting import compare_runs
+    from srlm.report_tables import BOLD_GAIN, compare_records, compare_table, csv_records, markdown
+    from srlm.report_folder import compare_runs
     from srlm.files import atomic_write_text
 
     for d in (args.run_a, args.run_b):

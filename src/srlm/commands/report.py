@@ -21,8 +21,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from srlm.errors import UserError
-    from srlm.report import accuracy_table, markdown
-    from srlm.reporting import collect_rows, write_report
+    from srlm.report_tables import accuracy_table, markdown
+    from srlm.report_folder import collect_rows, write_report
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

@@ -31,8 +31,8 @@ def execute(cfg, progress: bool = True, only=None) -> int:
     from pathlib import Path
 
     from srlm.pipeline import run_all
-    from srlm.report import accuracy_table, format_table, markdown
-    from srlm.reporting import collect_rows
+    from srlm.report_tables import accuracy_table, format_table, markdown
+    from srlm.report_folder import collect_rows
 
     results = run_all(cfg, progress=progress, only=only)
     rows = collect_rows(Path(cfg.run_dir))

@@ -1,4 +1,4 @@
-"""Collect a run folder's results and write its report files (the I/O around the pure `report` module)."""
+"""Collect a run folder's results and write its report files (the I/O around the pure `report_tables`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import yaml
 
 from srlm.faults import fault_point
 from srlm.grading.audit import merge_audits
-from srlm.report import (
+from srlm.report_tables import (
     Comparison, Gain, Row, StageCost, accuracy_records, accuracy_table, cost_records, cost_table, csv_records,
     gains_records, gains_table, latex, pipeline_cost_records, pipeline_cost_table, report_markdown, start_groups,
 )
@@ -420,7 +420,7 @@ def write_report(run_dir: Path, formats: tuple[str, ...] = ("md", "csv", "tex", 
     path = run_dir / "report.md"
     atomic_write_text(path, report_markdown(title, rows, plots, gains, stages))
     if "html" in formats:
-        from srlm.report import report_sections
+        from srlm.report_tables import report_sections
         from srlm.report_html import png_data_uri, render
 
         images = [(caption, png_data_uri((run_dir / rel).read_bytes())) for caption, rel in plots]

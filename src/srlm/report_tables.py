@@ -25,7 +25,7 @@ class Row:
     folder: str = ""  # the pipeline's folder in the run directory
     start: str = ""  # the starting model (hub id or folder) of its first stage
     # a pipeline run once per training seed: seed -> {"folder": "<pipeline>/seed<s>", "stages": [...]}; its
-    # `benchmarks` then hold the mean over seeds with `seed_sd` (see reporting.combine_seeds)
+    # `benchmarks` then hold the mean over seeds with `seed_sd` (see report_folder.combine_seeds)
     seed_runs: dict[int, dict] = field(default_factory=dict)
 
     def runs(self) -> list[tuple[int | None, str, list[dict]]]:
