@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 
 DAGGER, DOUBLE_DAGGER = "†", "‡"
+# what † says, wherever it is printed (the report's tables, `srlm eval`'s summary)
+NO_ANSWER_NOTE = "no answer could be extracted: the accuracy measures the format, not reasoning"
 
 
 @dataclass
@@ -101,7 +103,7 @@ def marks_legend(table: list[list[str]]) -> str:
     cells = {c.strip("*") for row in table[1:] for c in row[1:]}
     parts = []
     if DAGGER in cells:
-        parts.append(f"{DAGGER} no answer could be extracted from the responses")
+        parts.append(f"{DAGGER} {NO_ANSWER_NOTE}")
     if DOUBLE_DAGGER in cells:
         parts.append(f"{DOUBLE_DAGGER} the RL stage collapsed (training stopped by the collapse guard)")
     return "; ".join(parts) + "." if parts else ""

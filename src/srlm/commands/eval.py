@@ -126,12 +126,14 @@ def _audit_cell(audit: dict | None) -> str:
 
 def summary_table(summary: dict) -> str:
     """Benchmark, problems, accuracy ± se, pass@k, format and extraction-failure rates, as aligned text."""
+    from srlm.report_tables import DAGGER, NO_ANSWER_NOTE
+
     rows = [["benchmark", "problems", "accuracy (%)", "pass@k (%)", "format (%)", "no answer (%)",
              "truncated (%)", "loop (%)", "tokens mean / p95", "math-verify / agree (%)"]]
     for name, s in summary["benchmarks"].items():
         acc = f"{_pct(s['accuracy'])} ± {_pct(s['accuracy_se'])}"
         if s.get("no_answer"):
-            acc = f"† ({acc})"
+            acc = f"{DAGGER} ({acc})"
         passk = " ".join(f"@{k} {_pct(v['value'])}" for k, v in s["pass_at_k"].items() if k != "1") or "-"
         rows.append([name, str(s["n_problems"]), acc, passk, _pct(s["format_rate"]),
                      _pct(s["extraction_failure_rate"]), _pct(s["truncation_rate"]),
@@ -141,7 +143,7 @@ def summary_table(summary: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if any(s.get("no_answer") for s in summary["benchmarks"].values()):
-        lines.append("† almost no answer could be extracted: the accuracy measures the format, not reasoning")
+        lines.append(f"{DAGGER} {NO_ANSWER_NOTE}")
     return "\n".join(lines)
 
 
