@@ -12,8 +12,8 @@ import pytest
 from srlm.data import sources
 from srlm.data.sources import (
     CustomDatasetSpec,
+    boxed_gold,
     gsm8k_final_answer,
-    last_boxed,
     list_datasets,
     load_records,
     number_answer,
@@ -86,8 +86,8 @@ def check_canonical(records: list[dict]) -> None:
     ("no box here", None),
     ("unclosed \\boxed{3", None),
 ])
-def test_last_boxed(text: str, expected: str | None) -> None:
-    assert last_boxed(text) == expected
+def test_boxed_gold(text: str, expected: str | None) -> None:
+    assert boxed_gold(text) == expected
 
 
 @pytest.mark.parametrize("solution, expected", [

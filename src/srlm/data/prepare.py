@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from srlm.data.sources import gsm8k_final_answer, last_boxed
+from srlm.data.sources import boxed_gold, gsm8k_final_answer
 from srlm.errors import UserError
 
 Record = dict[str, Any]
@@ -122,9 +122,9 @@ def split_trace(trace: str) -> tuple[str, str | None]:
         thinking = thinking.replace(THINK_OPEN, "", 1).strip()
         write_up = write_up.strip()
         reasoning = f"{thinking}\n\n{write_up}".strip() if write_up else thinking
-        answer = last_boxed(write_up) or last_boxed(thinking)
+        answer = boxed_gold(write_up) or boxed_gold(thinking)
     else:
-        reasoning, answer = trace.strip(), last_boxed(trace)
+        reasoning, answer = trace.strip(), boxed_gold(trace)
     return reasoning, answer
 
 

@@ -65,8 +65,9 @@ def _braced(text: str, start: int) -> str | None:
     return None
 
 
-def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` (or `\\fbox{...}`) in `text`, nested braces kept; None if absent.
+def boxed_gold(text: str) -> str | None:
+    """The gold a reference solution boxes: the content of its last `\\boxed{...}` (or `\\fbox{...}`), nested
+    braces kept; None if absent. (The grader reads a *response's* boxes with `grading.extract.last_boxed`.)
 
     MATH also writes a few single-token answers without braces (`$\\boxed 2$`); those are read up to the
     next space or `$`.
@@ -152,7 +153,7 @@ def _first_of_list(value: Any) -> Any:
 ANSWER_EXTRACTORS: dict[str, Callable[[Any], str | None]] = {
     "raw": lambda value: number_answer(value) if isinstance(value, (int, float)) else str(value).strip() or None,
     "gsm8k": lambda value: gsm8k_final_answer(str(value)),
-    "boxed": lambda value: last_boxed(str(value)),
+    "boxed": lambda value: boxed_gold(str(value)),
 }
 AnswerExtractor = Literal["raw", "gsm8k", "boxed"]
 
@@ -253,7 +254,7 @@ def _erratum(dataset: str, question: str) -> tuple[str, str] | None:
 def _map_math(row: Row) -> Mapped:
     question, solution = row.text("problem"), row.text("solution")
     meta = {"level": row.data.get("level"), "type": row.data.get("type"), "solution_format": "latex"}
-    gold = last_boxed(solution)
+    gold = boxed_gold(solution)
     patch = _erratum("math", question) if gold is None else None
     if patch:
         gold, meta["answer_erratum"] = patch
@@ -269,7 +270,7 @@ def _map_minerva(row: Row) -> Mapped:
         gold = row.gold(str(given), "field 'answer'")
     else:
         solution = row.text("solution")
-        gold = row.gold(last_boxed(solution), "field 'solution' (no \\boxed{...}) and no 'answer' field")
+        gold = row.gold(boxed_gold(solution), "field 'solution' (no \\boxed{...}) and no 'answer' field")
     meta = {"type": row.data.get("type"), "idx": row.data.get("idx"), "solution_format": "latex"}
     return Mapped(row.text("problem", "question"), gold, solution, meta, key=row.data.get("idx"))
 
@@ -309,7 +310,7 @@ def _map_aime24(row: Row) -> Mapped:
 def _map_camel_gsm8k(row: Row) -> Mapped:
     # The hub field really is spelled `groud_truth_solution`; accept the corrected spelling too.
     truth = row.text("groud_truth_solution", "ground_truth_solution")
-    gold = gsm8k_final_answer(truth) or last_boxed(truth)
+    gold = gsm8k_final_answer(truth) or boxed_gold(truth)
     gold = row.gold(gold, "field 'groud_truth_solution' (no '####' line or \\boxed{...})")
     meta = {"boxed_answer_success": row.data.get("boxed_answer_success"), "ground_truth_solution": truth,
             "solution_format": "trace"}
