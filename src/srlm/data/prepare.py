@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from srlm.data.sources import boxed_gold, gsm8k_final_answer
+from srlm.grading.grade import is_tagged
 from srlm.errors import UserError
 
 Record = dict[str, Any]
@@ -185,14 +186,9 @@ def to_sft_example(record: Record) -> dict[str, str]:
 
 
 def is_paper_completion(text: str) -> bool:
-    """`<think>…</think>` then `<answer>…</answer>` and nothing else: already the completion to train on."""
-    t = text.strip()
-    if not (t.startswith(THINK_OPEN) and t.endswith(ANSWER_CLOSE)):
-        return False
-    if any(t.count(tag) != 1 for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)):
-        return False
-    return t.index(THINK_CLOSE) < t.index(ANSWER_OPEN) and not t[t.index(THINK_CLOSE) + len(THINK_CLOSE):
-                                                                t.index(ANSWER_OPEN)].strip()
+    """`<think>…</think>` then `<answer>…</answer>` and nothing else: already the completion to train on
+    (the grader's format check, `grading.grade.is_tagged`, on the text as it is)."""
+    return is_tagged(text)
 
 
 def completion_for(record: Record, completion: str = "tags") -> str:

@@ -24,12 +24,18 @@ class Grade:
 
 
 def format_ok(response: str) -> bool:
-    """``<think>…</think>`` then ``<answer>…</answer>``, nothing else but whitespace.
+    """The response (sanitised) is in the paper's format: see ``is_tagged``."""
+    return is_tagged(sanitize(response))
+
+
+def is_tagged(text: str) -> bool:
+    """``<think>…</think>`` then ``<answer>…</answer>``, nothing else but whitespace: the paper's format,
+    the one check behind the format reward, the format rate and which teacher traces are kept verbatim.
 
     Written with ``str`` searches, not one regex, so the check is linear on any input; each tag
     must occur exactly once, in that order.
     """
-    text = sanitize(response).strip()
+    text = text.strip()
     if not (text.startswith("<think>") and text.endswith("</answer>")):
         return False
     for tag in ("<think>", "</think>", "<answer>", "</answer>"):
