@@ -140,7 +140,7 @@ def child(name: str, model: Path) -> dict:
     from srlm.cpu import apply_threads
     from srlm.memory import return_freed_memory
 
-    return_freed_memory()  # as the `srlm` command does
+    return_freed_memory()  # as training stages do for a model of this size (srlm.memory)
     threads = apply_threads(None)  # the cores free now, as `srlm run` / `srlm eval` do by default
     with tempfile.TemporaryDirectory(prefix=f"srlm-real-{name}-") as tmp:
         work = Path(tmp)

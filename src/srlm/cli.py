@@ -82,9 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         from srlm.progress import silence_library_bars
 
         silence_library_bars()
-    from srlm.memory import return_freed_memory
-
-    return_freed_memory()
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -13,9 +13,25 @@ _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 _configured = False
 
 
+# A model this large is where activations, not weights, set a training step's peak memory; below it the
+# page faults of fresh mmapped blocks cost more than the memory saved (see return_freed_memory).
+RETURN_FREED_MIN_PARAMS = 50_000_000
+
+
+def return_freed_memory_for(model) -> None:
+    """`return_freed_memory` for a model of `RETURN_FREED_MIN_PARAMS` parameters or more, else nothing."""
+    if sum(p.numel() for p in model.parameters()) >= RETURN_FREED_MIN_PARAMS:
+        return_freed_memory()
+
+
 def return_freed_memory() -> None:
     """On glibc (Linux), serve every allocation of 1 MB or more straight from the kernel (mmap), so that it
     goes back to the kernel when freed. Once per process; elsewhere a no-op.
+
+    The price: every such allocation is a fresh mapping whose pages the kernel zero-fills on first touch.
+    On the tiny bench model (`benchmarks/sft_throughput.py`, 151k-vocabulary logits, one thread) an SFT
+    step was 1.1-4x slower with it (three interleaved pairs on a loaded host), so training stages turn it
+    on only for real-sized models (`return_freed_memory_for`).
 
     Why: glibc raises its mmap threshold each time a large block is freed (up to 32 MB), after which
     activation-sized tensors come from the heap, where freed blocks fragment and stay counted in the

@@ -30,7 +30,7 @@ from srlm.engines.base import SamplingParams
 from srlm.engines import EngineOptions, build_engine, close_engine
 from srlm.errors import UserError
 from srlm.faults import fault_point
-from srlm.memory import describe_estimate, training_estimate
+from srlm.memory import describe_estimate, return_freed_memory_for, training_estimate
 from srlm.grading.rewards import REWARDS
 from srlm.grading import grade
 from srlm.models import apply_lora, hf_weights, is_peft, load_model, save_model
@@ -162,6 +162,7 @@ def run_grpo(cfg, model_dir: Path, out_dir: Path, device: torch.device, progress
                               stop_token_ids=tuple(stop_token_ids(tok)), stop_strings=tuple(cfg.stop))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
+    return_freed_memory_for(model)
     if d.main:
         rows = min(cfg.micro_batch_size, cfg.prompts_per_step * cfg.group_size)
         tokens = rows * (max(map(len, prompt_ids)) + cfg.max_new_tokens)

@@ -29,7 +29,7 @@ from srlm.data.collate import IGNORE_INDEX, TokenizedExample, length_grouped_bat
 from srlm.errors import NonFiniteLoss, UserError
 from srlm.faults import fault_point
 from srlm.hf_compat import logits_at
-from srlm.memory import describe_estimate, training_estimate
+from srlm.memory import describe_estimate, return_freed_memory_for, training_estimate
 from srlm.models import save_model
 from srlm.train.checkpoint import load_resume_checkpoint, save_resume_checkpoint
 from srlm.train.distributed import (
@@ -136,6 +136,7 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
     model.train()
     broadcast_parameters(model, d)
     model = shard_model(model, d)
+    return_freed_memory_for(model)
     if d.main:
         tokens = cfg.batch_size * min(cfg.max_length, max(len(e.input_ids) for e in examples))
         print(describe_estimate(desc, training_estimate(model, tokens, checkpointing=cfg.gradient_checkpointing),
