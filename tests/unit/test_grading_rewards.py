@@ -92,3 +92,27 @@ def test_ordinary_grading_never_loads_sympy():
             "assert grade('#### 1,080', '1080').correct\n"
             "assert 'sympy' not in sys.modules, 'sympy imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_score_grades_once_and_gives_each_rewards_own_values(monkeypatch):
+    """`score` grades each response once and reads the grader's rewards off that grade: the same values as
+    calling each reward on the response; a reward that is not the grader's is called as it is."""
+    from srlm.grading import rewards as rewards_module
+
+    responses = [GOOD, "<think>x</think><answer>41</answer>", "The answer is \\boxed{42}.", "no answer", ""]
+    golds = ["42", "42", "42", "42", "7"]
+    calls = []
+    real_grade = rewards_module.grade
+    monkeypatch.setattr(rewards_module, "grade", lambda r, g: calls.append(r) or real_grade(r, g))
+    monkeypatch.setitem(REWARDS, "length", lambda r, g: len(r) / 10.0)
+    names = ["format", "accuracy", "correct", "length"]
+    values, grades = rewards_module.score(names, responses, golds)
+    assert calls == responses  # one grade per response
+    assert grades == [real_grade(r, g) for r, g in zip(responses, golds)]
+    for name in names:
+        assert values[name] == [REWARDS[name](r, g) for r, g in zip(responses, golds)]
+    assert values["accuracy"][:3] == [1.0, -1.0, 1.0] and values["format"][:3] == [1.0, 1.0, -1.0]
+    weights = [0.3, 1.7, 0.1, 0.7]
+    combined = combine_rewards(names, weights)
+    assert [rewards_module.weighted_sum([values[n][i] for n in names], weights) for i in range(len(responses))] \
+        == [combined(r, g) for r, g in zip(responses, golds)]
