@@ -26,10 +26,9 @@ def demo_config_path():
 
 # What was measured, on which machine (README says the same). A quiet machine was not measured: the
 # project's 2-core host always ran other engineers' jobs.
-MEASURED_TIMES = ("measured on a 2-core host under load (load average 6-12): the full demo 17.4 minutes; "
-                  "--quick 26.5 minutes of stage time (1321 s training, 266 s evaluation, from the run's cost "
-                  "table), its pre-training alone 3.4 to 23 minutes as the load varied (different loads, so the two do "
-                  "not compare); not measured on a quiet machine")
+MEASURED_TIMES = ("measured on a 2-core host shared with other jobs: --quick 3.6 minutes (commit 7927d1f, beside "
+                  "a test run, load average 2-2.6); the full demo 17.4 minutes (commit 828be20, load average 6-12, "
+                  "before the grader audit and response accounting were added); not measured on a quiet machine")
 
 
 def register(sub) -> None:
