@@ -74,8 +74,8 @@ class LoraConfig(Strict):
     enabled: bool = Field(False, description="Train LoRA adapters instead of all weights.")
     r: int = Field(16, ge=1, description="Adapter rank.")
     alpha: int = Field(32, ge=1, description="Scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input (above 0, autograd keeps "
-                           "a dropped-out copy of every adapted layer's input: 0 takes least memory).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input (its mask is redrawn "
+                           "from a seed in backward, so it costs no memory: srlm.models.SeededDropoutLinear).")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Module names that get adapters.",

@@ -195,7 +195,67 @@ def apply_lora(model, lora_cfg, tokenizer=None):
         token_ids = [vocab[t] for t in lora_cfg.trainable_tokens]
     cfg = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                      target_modules=targets, trainable_token_indices=token_ids, task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
+    peft_model = get_peft_model(model, cfg)
+    _dropout_without_copies(peft_model)
+    return peft_model
+
+
+def _dropout_without_copies(peft_model) -> None:
+    """Move each adapter's dropout into its A projection (`SeededDropoutLinear`): peft's `lora_A(dropout(x))`
+    keeps the dropped-out copy of every adapted layer's input for backward (7 per block), this keeps none."""
+    for module in peft_model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if not isinstance(drops, torch.nn.ModuleDict):
+            continue
+        for name, drop in list(drops.items()):
+            down = module.lora_A[name] if name in module.lora_A else None
+            if isinstance(drop, torch.nn.Dropout) and drop.p > 0 and type(down) is torch.nn.Linear and down.bias is None:
+                down.__class__ = SeededDropoutLinear  # same parameters and state-dict keys, so saving is unchanged
+                down.dropout_p = drop.p
+                drops[name] = torch.nn.Identity()
+
+
+def dropout_keep_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """The kept positions (bool, shaped like `x`) of a dropout with rate `p`, drawn from `seed` alone."""
+    gen = torch.Generator(device=x.device)
+    gen.manual_seed(seed)
+    return torch.rand(x.shape, generator=gen, device=x.device, dtype=torch.float32) >= p
+
+
+class _SeededDropoutProjection(torch.autograd.Function):
+    """dropout(x) @ weight.T, keeping for backward only `x` (which the adapted layer's other users keep
+    anyway) and a seed: backward redraws the same mask instead of autograd saving the dropped copy."""
+
+    @staticmethod
+    def forward(ctx, x, weight, p: float, seed: int):  # x [..., in], weight [r, in] -> [..., r]
+        ctx.save_for_backward(x, weight)
+        ctx.p, ctx.seed = p, seed
+        return torch.nn.functional.linear(x * dropout_keep_mask(x, p, seed) / (1 - p), weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out [..., r]
+        x, weight = ctx.saved_tensors
+        keep = dropout_keep_mask(x, ctx.p, ctx.seed)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_out.to(weight.dtype) @ weight).to(x.dtype) * keep / (1 - ctx.p)
+        if ctx.needs_input_grad[1]:
+            dropped = (x * keep / (1 - ctx.p)).reshape(-1, x.shape[-1])  # [N, in]
+            grad_w = (grad_out.reshape(-1, grad_out.shape[-1]).to(dropped.dtype).T @ dropped).to(weight.dtype)
+        return grad_x, grad_w, None, None
+
+
+class SeededDropoutLinear(torch.nn.Linear):
+    """A LoRA A projection with its input dropout built in (`dropout_p`), the mask drawn from a seed taken
+    from torch's default generator (so `torch.manual_seed` repeats it) and redrawn in backward."""
+
+    dropout_p: float = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.dropout_p == 0:
+            return super().forward(x)
+        seed = int(torch.randint(0, 2 ** 62, ()).item())
+        return _SeededDropoutProjection.apply(x, self.weight, self.dropout_p, seed)
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from srlm.errors import UserError
 from srlm.faults import fault_point
 from srlm.memory import describe_estimate, return_freed_memory_for, training_estimate
 from srlm.grading.rewards import REWARDS, combine_rewards, score, weighted_sum
-from srlm.models import apply_lora, hf_weights, is_peft, load_model, save_model
+from srlm.models import SeededDropoutLinear, apply_lora, hf_weights, is_peft, load_model, save_model
 from srlm.train.beside import can_run_beside, run_beside
 from srlm.train.checkpoint import load_resume_checkpoint, save_resume_checkpoint
 from srlm.train.distributed import all_reduce_sum, broadcast_parameters, init_distributed, sum_gradients
@@ -581,7 +581,8 @@ def _draws_random_numbers(model) -> bool:
         return False
     if float(getattr(getattr(model, "config", None), "attention_dropout", 0.0) or 0.0) > 0:
         return True
-    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    return any((isinstance(m, torch.nn.Dropout) and m.p > 0) or (isinstance(m, SeededDropoutLinear) and m.dropout_p > 0)
+               for m in model.modules())
 
 
 def _accumulate_gradients(params: list, grads) -> None:
