@@ -82,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         from srlm.progress import silence_library_bars
 
         silence_library_bars()
+    together = False  # the command ran to its end on this rank (see close_process_group)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        together = True
+        return code
     except UserError as e:
         print(f"srlm: error: {e}", file=sys.stderr)
         return 2
@@ -96,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("srlm: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # a torchrun / accelerate rank; keeps `srlm grade` free of torch
+            from srlm.train.distributed import close_process_group
+
+            close_process_group(together)
 
 
 if __name__ == "__main__":

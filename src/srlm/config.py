@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -100,6 +101,13 @@ class OptimConfig(Strict):
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     save_every: int = Field(0, ge=0, description="Write a resumable checkpoint every N steps (0: only at the end).")
     seed: int = Field(0, description="Seed for data order, dropout and sampling.")
+    compile: bool = Field(
+        False, description="torch.compile the decoder layers (pretrain/sft/kd/distill; `SRLM_COMPILE=1` sets it "
+                           "in every such stage). Not in stage keys: same results up to float rounding.")
+    fsdp: bool = Field(
+        False, description="Shard the model with FSDP2 under torchrun / accelerate launch (pretrain/sft/kd/distill, "
+                           "no LoRA; `SRLM_FSDP=1` or an accelerate FSDP config sets it in every such stage). Not in "
+                           "stage keys: same results up to float rounding.")
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -452,11 +460,38 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
         data = _deep_merge(data, loaded)
     for item in overrides:
         apply_override(data, item)
+    apply_environment_switches(data)
     cfg = _validate(RunConfig, data, prefix="")
     # every stage validated now, not halfway through a study
     pipelines = {name: (pipeline_start(cfg, name), pipeline_stages(cfg, name)) for name in cfg.pipelines}
     check_config(cfg, list(STAGE_CONFIGS), pipelines)  # registry names, cross-field rules, paths: at load
     return cfg
+
+
+# Environment switches that set config fields, so the run's config.yaml records what ran: variable ->
+# (field, whether the variable's value turns it on). They set the field in every section and pipeline stage
+# of SWITCHED_KINDS (over the config's own value: the variable is the override).
+ENVIRONMENT_FIELDS = {
+    "SRLM_COMPILE": ("compile", lambda v: v == "1"),
+    "SRLM_FSDP": ("fsdp", lambda v: v == "1"),
+    "ACCELERATE_USE_FSDP": ("fsdp", lambda v: v.lower() == "true"),  # set by an accelerate FSDP config
+}
+SWITCHED_KINDS = ("pretrain", "sft", "kd", "distill")
+
+
+def apply_environment_switches(data: dict[str, Any]) -> None:
+    """Turn on the fields of ENVIRONMENT_FIELDS whose variables are set. (`SRLM_DATA_PATH` stays a variable:
+    the `data_path` field already records a run's data folder, and the variable goes to environment.json.)"""
+    on = {field for var, (field, is_on) in ENVIRONMENT_FIELDS.items() if is_on(os.environ.get(var, ""))}
+    for field in sorted(on):
+        for kind in SWITCHED_KINDS:
+            if isinstance(data.setdefault(kind, {}), dict):
+                data[kind][field] = True
+        for pipeline in (data.get("pipelines") or {}).values():
+            stages = pipeline.get("stages") if isinstance(pipeline, dict) else None
+            for stage in stages if isinstance(stages, list) else []:
+                if isinstance(stage, dict) and stage.get("kind") in SWITCHED_KINDS and field in stage:
+                    stage[field] = True
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

@@ -158,6 +158,10 @@ def stage_problems(key: str, kind: str, scfg, pipelines: Iterable[str], model_mo
     if getattr(scfg, "data", None) is not None:
         out += dataset_problems(f"{key}.data", scfg.data)
     if kind == "grpo":
+        for field in ("compile", "fsdp"):
+            if getattr(scfg, field):
+                out.append(f"{key}.{field}: GRPO stages do not support it (pretrain, sft, kd and distill do); "
+                           f"set it false")
         if scfg.reward_weights is not None and len(scfg.reward_weights) != len(scfg.rewards):
             out.append(f"{key}.reward_weights: {len(scfg.reward_weights)} weights for {len(scfg.rewards)} rewards "
                        f"{scfg.rewards}; give one weight per reward")

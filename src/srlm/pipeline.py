@@ -112,15 +112,25 @@ def in_run(path, run_dir: Path) -> str:
         return str(path)
 
 
+# Stage fields that say how a stage is computed, not what: equal results up to float rounding, so they stay
+# out of stage keys (a run keeps its finished stages, and resumes, under another launcher or with them added).
+EXECUTION_FIELDS = ("compile", "fsdp")
+
+
+def stage_key(kind: str, scfg, input_key: str, teacher_key: str | None = None) -> str:
+    """The content key of a stage: its kind, its config (less EXECUTION_FIELDS) and its input's key."""
+    keyed = {k: v for k, v in scfg.model_dump().items() if k not in EXECUTION_FIELDS}
+    if teacher_key is not None:
+        keyed["teacher"] = teacher_key
+    return content_key({"kind": kind, "config": keyed, "input": input_key})
+
+
 def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device, progress: bool,
               teacher_key: str | None = None) -> dict:
     """Run (or reuse, or resume) one stage; returns its manifest. The manifest's paths are relative to
     `run_dir`. `teacher_key` (a teacher pipeline's final checkpoint key) stands for the teacher's path in
     the stage's key, so the key does not depend on where the run folder is."""
-    keyed = scfg.model_dump()
-    if teacher_key is not None:
-        keyed["teacher"] = teacher_key
-    key = content_key({"kind": kind, "config": keyed, "input": input_key})
+    key = stage_key(kind, scfg, input_key, teacher_key)
     stage_dir = run_dir / "stages" / f"{kind}-{key}"
     manifest = read_manifest(stage_dir)
     if manifest and manifest["status"] in ("done", "collapsed"):
@@ -364,7 +374,8 @@ def check_engines_available(cfg: RunConfig, names: list[str]) -> None:
         require_vllm()
 
 
-# Environment switches that change how a run computes (not logging sinks): recorded beside config.yaml.
+# Environment switches that change how a run computes (not logging sinks): recorded beside config.yaml
+# (SRLM_COMPILE / SRLM_FSDP / ACCELERATE_USE_FSDP also set their stage fields: config.ENVIRONMENT_FIELDS).
 ENVIRONMENT_SWITCHES = ("SRLM_COMPILE", "SRLM_FSDP", "ACCELERATE_USE_FSDP", "SRLM_DATA_PATH", "WORLD_SIZE",
                         "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 
@@ -399,6 +410,7 @@ def run_all(cfg: RunConfig, progress: bool = True, only: list[str] | None = None
             raise UserError(f"eval: the run folder holds evaluations with another protocol: {', '.join(conflicts)}; "
                             f"restore those settings, or use another run_dir (eval.batch_size may change)")
         try:
+            run_dir.mkdir(parents=True, exist_ok=True)  # under a launcher only rank 0's lock has made it
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
             atomic_write_json(run_dir / "environment.json", run_environment())
         except PermissionError:

@@ -103,3 +103,62 @@ def test_an_evaluation_error_fails_its_pipeline_only(config, tmp_path, monkeypat
     assert base["status"] == "failed" and base["reason"] == "evaluation: RuntimeError: the engine fell over"
     assert json.loads((run_dir / "sft" / "pipeline.json").read_text())["status"] == "done"
     assert (run_dir / "report.md").exists()
+
+
+def test_environment_switches_land_in_config_yaml_and_keep_the_stage_keys(config, tmp_path, monkeypatch):
+    """SRLM_FSDP / SRLM_COMPILE are config fields (the env var turns them on at load): the run's config.yaml
+    records them, and a field at its default, or an execution field turned on, leaves stage keys alone."""
+    import yaml
+
+    run_dir = tmp_path / "run"
+    assert run(config, run_dir) == 0
+    done = attempts(run_dir)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["sft"]["fsdp"] is False
+    monkeypatch.setenv("SRLM_FSDP", "1")  # one process: FSDP does not shard, the result is the same
+    assert run(config, run_dir) == 0
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert all(recorded[kind]["fsdp"] is True for kind in ("pretrain", "sft", "kd", "distill"))
+    assert recorded["grpo"]["fsdp"] is False and recorded["sft"]["compile"] is False
+    assert json.loads((run_dir / "environment.json").read_text())["switches"]["SRLM_FSDP"] == "1"
+    assert attempts(run_dir) == done  # same stage keys: nothing redone
+
+
+TINY = dict(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64)  # CONFIG's
+DIST_WRAPPER = """
+import os, sys
+import torch.distributed as dist
+from srlm.cli import main
+code = main(sys.argv[1:])
+print(f"rank {os.environ['RANK']}: exit {code}, process group open: {dist.is_initialized()}", flush=True)
+sys.exit(code)
+"""
+
+
+def test_a_two_process_run_closes_its_process_group_on_every_rank(tmp_path):
+    """`torchrun --nproc_per_node 2 srlm run`: every rank leaves the process group at the end (after a
+    barrier), also when a stage failed (a gloo peer exiting with the group open aborted rank 1 once in CI)."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from srlm.tiny import TinySpec, write_tiny_model
+
+    path = tmp_path / "run.yaml"
+    path.write_text(CONFIG + "  bad: {stages: [{kind: pretrain, lr: 1.0e+30}], evaluate: false}\n"
+                    "evaluate_starts: false\n")
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(DIST_WRAPPER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(wrapper), "run", str(path), f"run_dir={tmp_path / 'run'}",
+           "--no-progress", "--only", "base,bad", "pipelines.base.evaluate=false"]
+    # a written start model: two ranks building the tiny one into one folder race (see the i16c note)
+    cmd.append(f"model.name_or_path={write_tiny_model(tmp_path / 'tiny', TinySpec(**TINY))}")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert "loss is NaN" in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: exit 1, process group open: False" in proc.stdout, (proc.stdout + proc.stderr)[-2000:]

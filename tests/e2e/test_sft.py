@@ -54,6 +54,14 @@ SCRIPT = textwrap.dedent("""
     from srlm.config import SFTConfig
     from srlm.train.sft import run_sft
     cfg = SFTConfig.model_validate(json.loads(sys.argv[3]))
+    import srlm.train.supervised as supervised
+    shard_model = supervised.shard_model
+    def recording_shard_model(model, d, requested):  # says whether FSDP really sharded the model
+        model = shard_model(model, d, requested)
+        if d.main:
+            open(sys.argv[2] + "/sharded", "w").write(str(d.sharded))
+        return model
+    supervised.shard_model = recording_shard_model
     run_sft(cfg, sys.argv[1], sys.argv[2], torch.device("cpu"), progress=False)
 """)
 
@@ -97,7 +105,8 @@ def test_two_processes_match_one_process(tmp_path, model_dir):
 def test_fsdp_two_processes_match_one_process(tmp_path, model_dir):
     """FSDP2 (sharded parameters, reduce-scatter in backward, gathered checkpoints) = one process."""
     run_script(tmp_path, model_dir, tmp_path / "one", sft_cfg(grad_accum=2, save_every=2), 1)
-    run_script(tmp_path, model_dir, tmp_path / "fsdp", sft_cfg(grad_accum=1, save_every=2), 2, {"SRLM_FSDP": "1"})
+    run_script(tmp_path, model_dir, tmp_path / "fsdp", sft_cfg(grad_accum=1, save_every=2, fsdp=True), 2)
+    assert (tmp_path / "fsdp" / "sharded").read_text() == "True"
     one, fsdp = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "fsdp" / "metrics.jsonl")
     for a, b in zip(one, fsdp, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)

@@ -2,7 +2,8 @@
 
 - data parallel (default): every process holds the whole model; `sum_gradients` all-reduces the gradients
   once per step (one flat buffer), so accumulation and parallelism give the single-process gradient;
-- FSDP (`SRLM_FSDP=1`, or an accelerate FSDP config, which sets `ACCELERATE_USE_FSDP=true`): torch's
+- FSDP (a stage's `fsdp: true`, which `SRLM_FSDP=1` or an accelerate FSDP config, which sets
+  `ACCELERATE_USE_FSDP=true`, turn on at load time): torch's
   `fully_shard` (FSDP2) per decoder layer plus the root; gradients are reduce-scattered (summed) during
   backward, checkpoints gather full state dicts to rank 0. Full-parameter training only (no LoRA).
 """
@@ -42,6 +43,22 @@ def init_distributed(device: torch.device) -> Dist:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def close_process_group(together: bool) -> None:
+    """Leave the launcher's process group at the end of a command, on every rank (no-op without one).
+
+    `together`: the command finished on this rank (stage failures included), so every rank comes to a
+    barrier first and no rank exits while a peer still reads from it (gloo aborts such a reader: a SIGABRT
+    of rank 1 once in CI). After an error a peer may never reach a barrier: close without one (the
+    launcher then ends the other ranks)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if together:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def sum_gradients(model, d: Dist) -> None:
@@ -109,19 +126,15 @@ def all_gather_objects(obj, d: Dist) -> list:
     return out
 
 
-def fsdp_requested() -> bool:
-    """FSDP when asked for by `SRLM_FSDP=1` or by an accelerate FSDP config (`ACCELERATE_USE_FSDP`)."""
-    return os.environ.get("SRLM_FSDP", "0") == "1" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-
-
-def shard_model(model, d: Dist):
-    """Shard `model` with FSDP2 when requested and running in more than one process; else return it as is.
+def shard_model(model, d: Dist, requested: bool):
+    """Shard `model` with FSDP2 when `requested` (the stage's `fsdp`) and running in more than one process;
+    else return it as is.
 
     Each decoder layer is its own unit (its parameters are gathered just for its forward and backward),
     the root holds the rest (embeddings, final norm, the tied head). Gradients are summed, not averaged,
     because the loss is already normalised by the whole step's token count.
     """
-    if d.world == 1 or not fsdp_requested():
+    if d.world == 1 or not requested:
         return model
     from torch.distributed.fsdp import fully_shard
 
@@ -129,7 +142,7 @@ def shard_model(model, d: Dist):
 
     if hasattr(model, "peft_config"):
         raise UserError("FSDP with LoRA is not supported; LoRA models are small: use data parallel "
-                        "(unset SRLM_FSDP / use configs/accelerate/ddp_*.yaml)")
+                        "(fsdp: false; unset SRLM_FSDP / use configs/accelerate/ddp_*.yaml)")
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
         raise UserError(f"FSDP: cannot find the decoder layers of {type(model).__name__} (model.model.layers)")

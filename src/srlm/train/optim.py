@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import torch
 
@@ -92,8 +91,9 @@ def is_checkpointing(model) -> bool:
 
 
 def compile_requested(cfg) -> bool:
-    """`torch.compile` of the decoder layers, when the config has `compile: true` or `SRLM_COMPILE=1`."""
-    return bool(getattr(cfg, "compile", False)) or os.environ.get("SRLM_COMPILE", "0") == "1"
+    """`torch.compile` of the decoder layers, when the stage's config has `compile: true` (`SRLM_COMPILE=1`
+    sets it at load time, so the run's config.yaml records it)."""
+    return bool(getattr(cfg, "compile", False))
 
 
 def compile_layers(model) -> int:

@@ -135,7 +135,7 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
         compile_layers(model)
     model.train()
     broadcast_parameters(model, d)
-    model = shard_model(model, d)
+    model = shard_model(model, d, cfg.fsdp)
     return_freed_memory_for(model)
     if d.main:
         tokens = cfg.batch_size * min(cfg.max_length, max(len(e.input_ids) for e in examples))
