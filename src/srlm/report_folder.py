@@ -84,7 +84,8 @@ def combine_seeds(by_seed: dict[int, dict], per_problem: dict[int, dict[str, flo
            "seed_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0, "n_seeds": len(seeds),
            "per_seed": {str(s): a for s, a in zip(seeds, accs)}, "n_problems": len(common),
            "n_samples": by_seed[seeds[0]].get("n_samples"),
-           "no_answer": all(x.get("no_answer") for x in by_seed.values())}
+           "no_answer": all(x.get("no_answer") for x in by_seed.values()),
+           "complete": all(x.get("complete", True) is not False for x in by_seed.values())}
     for key in ("format_rate", "extraction_rate", "truncation_rate", "repetition_rate", "mean_response_tokens"):
         vals = [x.get(key) for x in by_seed.values()]
         if any(key in x for x in by_seed.values()):

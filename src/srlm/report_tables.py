@@ -2,7 +2,7 @@
 
 The accuracy table has the paper's shape: methods as rows, benchmarks as columns, accuracy (%) with its
 standard error, best per column in bold, ‡ for a collapsed RL stage, † where no answer could be
-extracted, and `failed` where a stage broke.
+extracted, § after an incomplete evaluation, and `failed` where a stage broke.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-DAGGER, DOUBLE_DAGGER = "†", "‡"
+DAGGER, DOUBLE_DAGGER, SECTION_SIGN = "†", "‡", "§"
 # what † says, wherever it is printed (the report's tables, `srlm eval`'s summary)
 NO_ANSWER_NOTE = "no answer could be extracted: the accuracy measures the format, not reasoning"
+# what § says: the summary's `complete` is false (a problem lacks samples, e.g. damaged lines were skipped)
+INCOMPLETE_NOTE = ("the evaluation is incomplete: fewer problems were scored than the benchmark has (accuracy.csv: "
+                   "n_problems, complete); re-run the same command to complete it")
 
 
 @dataclass
@@ -55,13 +58,19 @@ def _cell(row: Row, bench: str, best: float | None) -> str:
     s = row.benchmarks.get(bench)
     if s is None:
         return "–"
+    incomplete = f" {SECTION_SIGN}" if not is_complete(s) else ""
     if s.get("no_answer"):
-        return DAGGER
+        return DAGGER + incomplete
     acc, se = 100 * s["accuracy"], 100 * s.get("accuracy_se", 0.0)
     text = f"{acc:.1f} ± {se:.1f}"
     if s.get("seed_sd") is not None:
         text += f" (SD {100 * s['seed_sd']:.1f}, {s.get('n_seeds')} seeds)"
-    return f"**{text}**" if best is not None and abs(acc - best) < 1e-9 else text
+    return (f"**{text}**" if best is not None and abs(acc - best) < 1e-9 else text) + incomplete
+
+
+def is_complete(summary: dict) -> bool:
+    """Whether every problem of the benchmark has its samples (summaries older than the field: yes)."""
+    return summary.get("complete", True) is not False
 
 
 def benchmark_names(rows: list[Row]) -> list[str]:
@@ -75,7 +84,8 @@ def benchmark_names(rows: list[Row]) -> list[str]:
 
 def _best(rows: list[Row], bench: str) -> float | None:
     vals = [100 * r.benchmarks[bench]["accuracy"] for r in rows
-            if r.status == "done" and bench in r.benchmarks and not r.benchmarks[bench].get("no_answer")]
+            if r.status == "done" and bench in r.benchmarks and not r.benchmarks[bench].get("no_answer")
+            and is_complete(r.benchmarks[bench])]
     return max(vals) if vals else None
 
 
@@ -88,7 +98,7 @@ def accuracy_table(rows: list[Row]) -> list[list[str]]:
     return table
 
 
-BOLD_BEST = "Bold: the highest accuracy in each column among the rows that finished."
+BOLD_BEST = "Bold: the highest accuracy in each column among the rows that finished (complete evaluations)."
 BOLD_GAIN = "Bold: a change larger than twice its standard error (either sign)."
 SEEDS_NOTE = ("Rows over several training seeds: the mean over seeds ± the standard error over problems of the "
               "seed-averaged per-problem accuracy, and in brackets the standard deviation of the per-seed "
@@ -99,13 +109,15 @@ SEED_GAINS_NOTE = ("For a row over several seeds, each seed's run is paired with
 
 
 def marks_legend(table: list[list[str]]) -> str:
-    """The † / ‡ legend for the marks that appear in `table` (empty when none does)."""
-    cells = {c.strip("*") for row in table[1:] for c in row[1:]}
+    """The † / ‡ / § legend for the marks that appear in `table` (empty when none does)."""
+    cells = {word.strip("*") for row in table[1:] for c in row[1:] for word in c.split()}
     parts = []
     if DAGGER in cells:
         parts.append(f"{DAGGER} {NO_ANSWER_NOTE}")
     if DOUBLE_DAGGER in cells:
         parts.append(f"{DOUBLE_DAGGER} the RL stage collapsed (training stopped by the collapse guard)")
+    if SECTION_SIGN in cells:
+        parts.append(f"{SECTION_SIGN} {INCOMPLETE_NOTE}")
     return "; ".join(parts) + "." if parts else ""
 
 
@@ -355,12 +367,12 @@ def accuracy_records(rows: list[Row]) -> list[dict]:
             s = r.benchmarks.get(b) if r.status == "done" else None
             rec = {"method": r.label, "pipeline": r.folder, "status": r.status, "benchmark": b,
                    "mean": None, "se": None, "seed_sd": None, "n_seeds": len(r.seed_runs) or 1,
-                   "n_problems": None, "n_samples": None, "no_answer": None}
+                   "n_problems": None, "n_samples": None, "no_answer": None, "complete": None}
             if s is not None:
                 rec.update(mean=100 * s["accuracy"], se=100 * s.get("accuracy_se", 0.0),
                            seed_sd=100 * s["seed_sd"] if s.get("seed_sd") is not None else None,
                            n_problems=s.get("n_problems"), n_samples=s.get("n_samples"),
-                           no_answer=int(bool(s.get("no_answer"))))
+                           no_answer=int(bool(s.get("no_answer"))), complete=int(is_complete(s)))
             rec.update(format_rate=rate(s, "format_rate"), extraction_rate=rate(s, "extraction_rate"),
                        truncation_rate=rate(s, "truncation_rate"), repetition_rate=rate(s, "repetition_rate"),
                        mean_response_tokens=(s or {}).get("mean_response_tokens"),
@@ -415,6 +427,7 @@ def csv_records(records: list[dict]) -> str:
 def latex(table: list[list[str]]) -> str:
     def esc(c: str) -> str:
         c = c.replace("±", r"$\pm$").replace(DAGGER, r"$\dagger$").replace(DOUBLE_DAGGER, r"$\ddagger$")
+        c = c.replace(SECTION_SIGN, r"\S{}")
         c = c.replace("_", r"\_").replace("%", r"\%")
         return re.sub(r"\*\*(.+?)\*\*", lambda m: r"\textbf{" + m.group(1) + "}", c)
 

@@ -178,3 +178,24 @@ def test_collect_gains_pairs_each_row_with_the_row_it_extends(tmp_path):
 def test_eval_speed_is_not_reported_for_an_evaluation_found_complete_on_resume():
     resumed = {**_bench(0.5), "tokens_generated": 50_000, "wall_seconds": 0.004}  # only re-read its samples
     assert format_table([Row("a", "done", {"b": resumed})])[1][-1] == "–"
+
+
+def test_an_incomplete_evaluation_is_marked_in_its_cell_with_a_legend_and_in_the_csv():
+    """A summary with `complete: false` (a problem lacks samples, e.g. damaged lines were skipped): § in
+    its cell (never bold: its accuracy is over fewer problems), the legend line, `complete` 0 in the CSV."""
+    part = {**_bench(0.5), "complete": False, "n_problems": 40, "n_records": 60}
+    rows = [Row("full", "done", {"gsm8k": {**_bench(0.3), "complete": True}}), Row("part", "done", {"gsm8k": part}),
+            Row("older", "done", {"gsm8k": _bench(0.2)}),  # a summary from before the field: complete
+            Row("none", "done", {"gsm8k": {**part, "no_answer": True}})]
+    t = accuracy_table(rows)
+    assert [r[1] for r in t[1:]] == ["**30.0 ± 1.0**", "50.0 ± 1.0 §", "20.0 ± 1.0", "† §"]
+    legend = marks_legend(t)
+    assert "§ the evaluation is incomplete: fewer problems were scored than the benchmark has" in legend
+    assert legend.startswith("† no answer")
+    assert "§ the evaluation is incomplete" in report_markdown("r", rows)
+    assert marks_legend(accuracy_table([rows[0], rows[2]])) == "" and "§" not in report_markdown("r", rows[:1])
+    assert r"50.0 $\pm$ 1.0 \S{}" in latex(t)
+    assert [r["complete"] for r in accuracy_records(rows)] == [1, 0, 1, 0]
+    assert "complete" in csv_records(accuracy_records(rows)).splitlines()[0].split(",")
+    failed = accuracy_records([rows[0], Row("broken", "failed", {}, reason="x")])[1]
+    assert failed["complete"] is None  # no evaluation: nothing to say

@@ -77,3 +77,11 @@ def test_seeds_enter_only_the_stages_of_seeded_pipelines():
     assert [c.seed for _, c in pipeline_stages(whole, "rl", seed=4)] == [4, 4, 4]
     with pytest.raises(UserError, match="seeds"):
         load_config(None, ["seeds=[1, 1]"])
+
+
+def test_a_seed_row_is_incomplete_when_any_seed_evaluation_is():
+    full = {"accuracy": 0.5, "no_answer": False, "complete": True}
+    per_problem = {0: {"p0": 1.0}, 1: {"p0": 0.0}}
+    assert combine_seeds({0: full, 1: full}, per_problem)["complete"] is True
+    assert combine_seeds({0: full, 1: {**full, "complete": False}}, per_problem)["complete"] is False
+    assert combine_seeds({0: {"accuracy": 0.5}, 1: full}, per_problem)["complete"] is True  # older summary
