@@ -4,7 +4,8 @@
 
 Each workload runs in its own process, so each peak RSS (`ru_maxrss`) is that workload's alone:
 - eval: `srlm eval` on the first 64 GSM8K test problems, one batch of 64, the paper's sampling
-  (temperature 0.6, top-p 0.95), at most 256 new tokens -> `eval_peak_gb`, `eval_tokens_per_s`;
+  (temperature 0.6, top-p 0.95), at most 256 new tokens -> `eval_peak_gb`, `eval_tokens_per_s` (with
+  `--kv-cache-gb`, as many rows at once as that KV cache holds);
 - sft_full / sft_lora: SFT on GSM8K train in the <think>/<answer> format, batches of 8 (2 micro-batches of
   4), at most 512 tokens, LoRA without dropout, 3 steps -> `sft_full_peak_gb`, `sft_lora_peak_gb`, `sft_tokens_per_s` (full, median step after the first);
 - grpo: 4 GSM8K prompts x 4 samples x exactly 256 new tokens, the bench's varied reward, beta 0.04, micro-batches
@@ -79,13 +80,14 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # kB on Linux
 
 
-def run_eval(model: Path, work: Path) -> dict:
+def run_eval(model: Path, work: Path, kv_cache_gb: float | None) -> dict:
     from srlm.cli import main
 
     out = work / "eval"
+    budget = ["--kv-cache-gb", str(kv_cache_gb)] if kv_cache_gb else []
     t0 = time.perf_counter()
     code = main(["eval", "--model", str(model), "--data-path", str(DATA), "--benchmarks", "gsm8k", "--limit", "64",
-                 "--batch-size", "64", "--max-new-tokens", "256", "--out", str(out), "--no-progress"])
+                 "--batch-size", "64", "--max-new-tokens", "256", "--out", str(out), "--no-progress", *budget])
     wall = time.perf_counter() - t0
     assert code == 0
     samples = [json.loads(x) for x in (out / "gsm8k" / "samples.jsonl").read_text().splitlines()]
@@ -134,7 +136,7 @@ def run_grpo(model: Path, work: Path) -> dict:
             "grpo_generate_s": round(m[-1]["seconds/generate"], 2), "grpo_train_s": round(m[-1]["seconds/train"], 2)}
 
 
-def child(name: str, model: Path) -> dict:
+def child(name: str, model: Path, kv_cache_gb: float | None = None) -> dict:
     if name == "gen_vllm":
         return run_gen_vllm(model)
     from srlm.cpu import apply_threads
@@ -145,7 +147,7 @@ def child(name: str, model: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"srlm-real-{name}-") as tmp:
         work = Path(tmp)
         if name == "eval":
-            out = run_eval(model, work)
+            out = run_eval(model, work, kv_cache_gb)
         elif name in ("sft_full", "sft_lora"):
             out = run_sft(model, work, lora=name == "sft_lora")
         elif name == "gen":
@@ -161,17 +163,19 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {WORKLOADS}")
     ap.add_argument("--vllm-python", help="python of a virtual environment with vLLM's CPU build (gen workload)")
     ap.add_argument("--rounds", type=int, default=1, help="alternations of srlm and vLLM generation")
+    ap.add_argument("--kv-cache-gb", type=float, help="eval: `srlm eval --kv-cache-gb` (default: all 64 rows at once)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, Path(args.model))))
+        print(json.dumps(child(args.child, Path(args.model), args.kv_cache_gb)))
         return
 
     def in_child(name: str, python: str = sys.executable) -> dict:
         env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT / "src"))}
         if name == "gen_vllm":
             env.pop("PYTHONPATH")  # vLLM's environment has its own transformers; srlm is not imported there
-        done = subprocess.run([python, __file__, "--model", args.model, "--child", name], capture_output=True,
+        budget = ["--kv-cache-gb", str(args.kv_cache_gb)] if args.kv_cache_gb and name == "eval" else []
+        done = subprocess.run([python, __file__, "--model", args.model, "--child", name, *budget], capture_output=True,
                               text=True, env=env)
         if done.returncode != 0:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")

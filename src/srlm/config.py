@@ -294,7 +294,8 @@ class EvalConfig(Strict):
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="vllm: accelerator memory fraction it may take (default 0.9 on GPU).")
     kv_cache_gb: float | None = Field(
-        None, gt=0, description="vllm: KV cache size in GB (default: from the memory fraction on GPU, 2 on CPU).")
+        None, gt=0, description="vllm: KV cache size in GB (default: from the memory fraction on GPU, 2 on CPU); "
+                                 "hf: fewer rows decoded together so that their KV cache fits (default: batch_size rows).")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs each model is split over.")
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's URL (key: env OPENAI_API_KEY).")
     concurrency: int = Field(32, ge=1, description="openai: requests in flight.")

@@ -326,6 +326,9 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
                               stop_repetition=cfg.stop_repetition)
     todo = [i for i, r in enumerate(records) if i % size == rank
             and any((r["id"], j) not in done for j in range(cfg.n))]
+    if hasattr(engine, "memory_estimate") and todo:  # the hf engine: its memory is this process's
+        print(engine.memory_estimate(f"eval {ref.name}", [len(ids[i]) for i in todo for _ in range(cfg.n)],
+                                     sampling.max_new_tokens), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
 

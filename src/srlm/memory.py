@@ -72,8 +72,34 @@ def training_estimate(model, tokens: int, extra_weight_copies: int = 0, checkpoi
             "activations": tokens * layers * per_token_layer * 4 / gb}
 
 
-def describe_estimate(stage: str, parts: dict[str, float], tokens: int) -> str:
+def describe_estimate(stage: str, parts: dict[str, float], tokens: int | str) -> str:
+    """One line; `tokens`: tokens per micro-batch, or a phrase saying what the estimate is for."""
     total = sum(parts.values())
     detail = ", ".join(f"{name} {gb:.2f}" for name, gb in parts.items())
-    return (f"{stage}: memory estimate {total:.1f} GB ({detail}; {tokens} tokens per micro-batch); "
-            f"the manifest records the measured peak")
+    per = f"{tokens} tokens per micro-batch" if isinstance(tokens, int) else tokens
+    return f"{stage}: memory estimate {total:.1f} GB ({detail}; {per}); the manifest records the measured peak"
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes one token occupies in a decoding KV cache: keys and values of every layer, in the model's dtype."""
+    cfg = model.config
+    heads = int(cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    dtype = next(model.parameters()).dtype
+    return 2 * int(cfg.num_hidden_layers) * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def rows_within(budget_gb: float, bytes_per_row: int, most: int) -> int:
+    """How many rows of `bytes_per_row` each fit in `budget_gb` (at least 1, at most `most`)."""
+    return max(1, min(most, int(budget_gb * 1024 ** 3 // max(1, bytes_per_row))))
+
+
+def eval_estimate(model, rows: int, columns: int, lean_copies_gb: float = 0.0) -> dict[str, float]:
+    """GB by part for decoding `rows` rows of up to `columns` tokens each (prompt + new tokens): the
+    weights, the lean forward's own weight copies (`LeanForward.extra_bytes`), and the KV cache. An
+    estimate of what the tensors hold, not of the interpreter and libraries (about 0.25 GB on CPU)."""
+    gb = 1024 ** 3
+    weights = sum(_bytes(p.numel(), p.dtype) for p in model.parameters())
+    return {"weights": weights / gb, "lean copies": lean_copies_gb,
+            "KV cache": rows * columns * kv_bytes_per_token(model) / gb}

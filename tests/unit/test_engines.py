@@ -355,3 +355,28 @@ def test_srlm_run_without_vllm_fails_before_any_stage(tmp_path, capsys, override
     err = capsys.readouterr().err
     assert code != 0 and "needs vLLM" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "stages").exists()  # nothing trained
+
+
+def test_hf_kv_cache_budget_caps_rows_not_samples(tiny):
+    """`kv_cache_gb` decodes fewer rows together (as many as the cache budget holds) and samples the same."""
+    from srlm.memory import kv_bytes_per_token
+
+    model, tok = tiny
+    prompts = encode(tok, PROMPTS)
+    sampling = SamplingParams(max_new_tokens=8, temperature=0.8, top_p=0.9, n=2, stop_token_ids=(tok.eos_token_id,))
+    seeds = [100 + i for i in range(len(prompts))]
+    columns = max(map(len, prompts)) + 8
+    per_row = columns * kv_bytes_per_token(model)
+    assert per_row == columns * 2 * 2 * 2 * 16 * 4  # K and V x 2 layers x 2 kv heads x head dim 16 x fp32
+    free = HFEngine(model, tok, batch_size=32)
+    capped = HFEngine(model, tok, batch_size=32, kv_cache_gb=3.5 * per_row / 1024 ** 3)
+    widest = []
+    original = capped._forward
+    capped._forward = lambda ids, *rest: widest.append(len(ids)) or original(ids, *rest)
+    tokens = lambda out: [[c.token_ids for c in group] for group in out]  # noqa: E731
+    assert tokens(capped.generate(prompts, sampling, seeds=seeds)) == tokens(free.generate(prompts, sampling, seeds=seeds))
+    assert capped.live_rows == 3 and free.live_rows == 32
+    assert max(widest) == 3  # never more rows in a forward than the budget holds
+    assert HFEngine(model, tok, kv_cache_gb=1e-9).rows_for(columns) == 1  # at least one row
+    line = capped.memory_estimate("eval x", [len(p) for p in prompts], 8)
+    assert "3 rows x" in line and "KV cache" in line

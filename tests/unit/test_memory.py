@@ -13,3 +13,22 @@ def test_freed_memory_setting_only_for_real_sized_models(monkeypatch):
     big = torch.nn.Linear(8000, 7000, device="meta")  # 56M parameters, no memory
     memory.return_freed_memory_for(big)
     assert calls == [1]
+
+
+def test_eval_estimate_counts_the_kv_cache_the_lean_forward_allocates():
+    from srlm.engines.lean import LeanForward, lean_copy_bytes
+    from srlm.memory import eval_estimate
+    from srlm.tiny import TinySpec, build_model
+
+    model = build_model(TinySpec(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, max_positions=256),
+                        300, 0, 1).eval()
+    lean = LeanForward(model)
+    cache = lean.new_cache(reserve=24)
+    ids = torch.randint(2, 300, (5, 40))  # [B, S]
+    lean(ids, torch.ones_like(ids), torch.arange(40)[None].expand(5, -1), cache)
+    allocated = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer._k, layer._v))
+    parts = eval_estimate(model, rows=5, columns=40 + 24)
+    assert parts["KV cache"] * 1024 ** 3 == allocated
+    fused = sum(p.numel() for n, p in model.named_parameters() if n.endswith(("q_proj.weight", "k_proj.weight",
+               "v_proj.weight", "gate_proj.weight", "up_proj.weight")) or n == "lm_head.weight")
+    assert lean_copy_bytes(model) >= 4 * fused

@@ -59,7 +59,8 @@ def register(sub) -> None:
     p.add_argument("--gpu-memory-utilization", type=float,
                    help="vllm engine: accelerator memory fraction it may take (default 0.9 on GPU)")
     p.add_argument("--kv-cache-gb", type=float, help="vllm engine: KV cache size in GB (default: from the "
-                                                     "memory fraction on GPU, 2 on CPU)")
+                                                     "memory fraction on GPU, 2 on CPU); hf engine: fewer rows "
+                                                     "decoded together so that their KV cache fits")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm engine: GPUs per model (default 1)")
     p.add_argument("--device", default=e.device, choices=["auto", "cpu", "cuda"], help="hf engine device")
     p.add_argument("--dtype", default=e.dtype, choices=["auto", "float32", "bfloat16", "float16"],

@@ -34,7 +34,8 @@ class EngineOptions:
     max_model_len: int | None = None
     progress: bool = False
     # vLLM: memory fraction of the accelerator (None: vLLM's platform default, see engines/vllm.py), KV cache
-    # size in GB (None: vLLM's default on GPU, a small cache on CPU where it is host RAM), GPUs per model
+    # size in GB (None: vLLM's default on GPU, a small cache on CPU where it is host RAM; hf: caps the rows
+    # decoded together, None: `batch_size` rows), GPUs per model
     gpu_memory_utilization: float | None = None
     kv_cache_gb: float | None = None
     tensor_parallel_size: int = 1
@@ -50,7 +51,7 @@ def _hf(opts: EngineOptions, loaded: LoadedModel | None):
     from srlm.models import load_model, resolve_device
 
     model, tok = loaded or load_model(opts.model, resolve_device(opts.device), dtype=opts.dtype)
-    return HFEngine(model, tok, batch_size=opts.batch_size, progress=opts.progress), tok
+    return HFEngine(model, tok, batch_size=opts.batch_size, progress=opts.progress, kv_cache_gb=opts.kv_cache_gb), tok
 
 
 def _vllm(opts: EngineOptions, loaded: LoadedModel | None):

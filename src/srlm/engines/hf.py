@@ -21,8 +21,9 @@ import torch
 
 from srlm.data.collate import distinct_left_padded
 from srlm.engines.base import Completion, SamplingParams, prompt_seeds
-from srlm.engines.lean import LeanForward, LeanLayerCache, lean_unsupported
+from srlm.engines.lean import LeanForward, LeanLayerCache, lean_copy_bytes, lean_unsupported
 from srlm.hf_compat import cache_kwargs
+from srlm.memory import describe_estimate, eval_estimate, kv_bytes_per_token, rows_within
 from srlm.repetition import WINDOW as REPETITION_WINDOW
 from srlm.repetition import ends_in_loop, tokens_end_in_loop
 
@@ -122,14 +123,20 @@ class HFEngine:
     batch: joining costs a prefill call and a copy of the cache, so it is worth doing for several at once.
     `lean` decodes Llama-family models with `srlm.engines.lean` (same function, about twice as fast per
     decode step on small models); other models, or `lean=False`, use the transformers forward.
+    `kv_cache_gb` caps the rows decoded together so that their KV cache, sized for the longest prompt of a
+    `generate` call plus its `max_new_tokens`, fits in that many GB (at least one row): the cache is the
+    part of decoding memory that grows with the batch (SmolLM2-135M, 64 rows of ~400 tokens: 1.2 GB in
+    fp32). Each row samples from its own stream, so the cap changes the speed, not what is sampled.
     """
 
     name = "hf"
     stops_repetition = True  # honours SamplingParams.stop_repetition
 
     def __init__(self, model, tokenizer, batch_size: int = 64, progress: bool = False, refill: float = 0.25,
-                 lean: bool = True):
+                 lean: bool = True, kv_cache_gb: float | None = None):
         self.model = model
+        self.kv_cache_gb = kv_cache_gb
+        self.live_rows = batch_size  # rows decoded together in the current call (`rows_for`)
         self.lean = lean
         self._lean: LeanForward | None = None  # built per generate call: it reads the current weights
         self.tokenizer = tokenizer
@@ -180,6 +187,7 @@ class HFEngine:
             if remaining[i] == 0 and on_complete:
                 on_complete(i, out[i])  # type: ignore[arg-type]
 
+        self.live_rows = self.rows_for(max(map(len, prompts), default=0) + sampling.max_new_tokens)
         was_training = self.model.training
         self.model.eval()
         self._lean = LeanForward(self.model) if self.lean and lean_unsupported(self.model) is None else None
@@ -192,6 +200,22 @@ class HFEngine:
             if bar:
                 bar.close()
         return out  # type: ignore[return-value]
+
+    def rows_for(self, columns: int) -> int:
+        """Rows decoded together when each may hold `columns` tokens: `batch_size`, or fewer under `kv_cache_gb`."""
+        if self.kv_cache_gb is None:
+            return self.batch_size
+        return rows_within(self.kv_cache_gb, columns * kv_bytes_per_token(self.model), self.batch_size)
+
+    def memory_estimate(self, stage: str, prompt_lengths: list[int], max_new_tokens: int) -> str:
+        """The line evaluation prints when it starts: weights, the lean forward's copies, the KV cache of the
+        rows decoded together (`rows_for`), each sized for the longest prompt plus `max_new_tokens`."""
+        columns = max(prompt_lengths, default=0) + max_new_tokens
+        rows = min(self.rows_for(columns), len(prompt_lengths) or 1)
+        uses_lean = self.lean and lean_unsupported(self.model) is None
+        copies = lean_copy_bytes(self.model) / 1024 ** 3 if uses_lean else 0.0
+        return describe_estimate(stage, eval_estimate(self.model, rows, columns, copies),
+                                 f"{rows} rows x {columns} tokens decoded together")
 
     def _stops(self, sampling: SamplingParams) -> _Stops:
         """Stop token ids, plus stop strings that the tokenizer encodes as one token (checked by id)."""
@@ -249,14 +273,14 @@ class HFEngine:
         copy the whole cache at almost every step. Compaction frees slots for waiting rows.
         """
         batch: _Batch | None = None
-        refill_at = max(1, int(self.batch_size * self.refill))
+        refill_at = max(1, int(self.live_rows * self.refill))
         pad = torch.tensor(self.pad_id, device=self.device)
         while queue or batch is not None:
             if batch is not None:
                 n_done = sum(r.done for r in batch.rows)
                 if n_done and (n_done >= refill_at or 2 * n_done >= len(batch.rows)):
                     _compact(batch)
-            free = self.batch_size - (len(batch.rows) if batch else 0)
+            free = self.live_rows - (len(batch.rows) if batch else 0)
             if queue and (batch is None or (free >= min(refill_at, len(queue)) and _mergeable(batch.cache))):
                 new = [queue.popleft() for _ in range(min(free, len(queue)))]
                 for row in new:
