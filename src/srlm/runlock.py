@@ -56,6 +56,9 @@ def acquire(folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except PermissionError:
         raise UserError(f"{folder}: cannot create the folder (permission denied)") from None
+    except (FileExistsError, NotADirectoryError):  # the folder, or a folder above it, is a file
+        file = next(p for p in (folder, *folder.parents) if p.exists() and not p.is_dir())
+        raise UserError(f"{folder}: cannot create the folder: {file} is a file; choose another folder") from None
     path = folder / LOCK_FILE
     for _ in range(3):  # a lost race with another taker just goes round again
         try:

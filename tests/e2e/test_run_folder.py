@@ -162,3 +162,101 @@ def test_a_two_process_run_closes_its_process_group_on_every_rank(tmp_path):
     assert "loss is NaN" in proc.stdout + proc.stderr, proc.stderr[-2000:]
     for rank in (0, 1):
         assert f"rank {rank}: exit 1, process group open: False" in proc.stdout, (proc.stdout + proc.stderr)[-2000:]
+
+
+def deny_writes_under(monkeypatch, folder):
+    """Make every write under `folder` fail as on a read-only folder (the host runs as root, which chmod
+    does not stop): file opens for writing, the lock's os.open, renames into it and mkdir raise EACCES."""
+    import builtins
+    import errno
+    import io
+
+    folder = os.path.abspath(folder)
+
+    def deny(path):
+        if os.path.abspath(path) == folder or os.path.abspath(path).startswith(folder + os.sep):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    real_open, real_os_open, real_replace, real_rename, real_mkdir = (
+        builtins.open, os.open, os.replace, os.rename, os.mkdir)
+
+    def opener(file, mode="r", *a, **k):
+        if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
+            deny(file)
+        return real_open(file, mode, *a, **k)
+
+    def os_open(path, flags, *a, **k):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            deny(path)
+        return real_os_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", opener)
+    monkeypatch.setattr(io, "open", opener)
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(os, "replace", lambda a, b, *x, **k: (deny(b), real_replace(a, b, *x, **k))[1])
+    monkeypatch.setattr(os, "rename", lambda a, b, *x, **k: (deny(b), real_rename(a, b, *x, **k))[1])
+    monkeypatch.setattr(os, "mkdir", lambda p, *x, **k: (deny(p), real_mkdir(p, *x, **k))[1])
+
+
+def files(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def error_lines(err: str) -> list[str]:
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if line.startswith("srlm: error")]
+
+
+def test_a_read_only_run_folder_or_output_is_one_line_and_loses_nothing(config, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    assert run(config, run_dir) == 0
+    before = files(run_dir)
+    capsys.readouterr()
+    with monkeypatch.context() as m:  # the whole folder read-only: refused before anything runs
+        deny_writes_under(m, run_dir)
+        assert run(config, run_dir, "pretrain.steps=3") == 2
+    assert capsys.readouterr().err.strip() == f"srlm: error: {run_dir}: read-only (cannot write .srlm.lock there)"
+    assert files(run_dir) == before
+    with monkeypatch.context() as m:  # one output read-only: one line naming it, the old file kept, no litter
+        deny_writes_under(m, run_dir / "report.md")
+        assert run(config, run_dir) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"srlm: error: Permission denied: {run_dir / 'report.md'}; free space or fix permissions, then re-run the "
+        f"same command to resume"]
+    assert (run_dir / "report.md").read_bytes() == before["report.md"] and not list(run_dir.glob(".*.tmp*"))
+    (tmp_path / "a-file").write_text("")
+    assert run(config, tmp_path / "a-file" / "run") == 2  # a folder above the run folder is a file
+    assert error_lines(capsys.readouterr().err) == [
+        f"srlm: error: {tmp_path / 'a-file' / 'run'}: cannot create the folder: {tmp_path / 'a-file'} is a file; "
+        f"choose another folder"]
+
+
+def test_a_read_only_eval_output_is_one_line_and_loses_nothing(tmp_path, monkeypatch, capsys):
+    from srlm.tiny import TinySpec, write_tiny_model
+
+    model = write_tiny_model(tmp_path / "tiny", TinySpec(**TINY))
+    out = tmp_path / "eval"
+
+    def evaluate(out, limit):
+        return main(["eval", "--model", str(model), "--benchmarks", "synthetic", "--out", str(out), "--no-progress",
+                     "--limit", str(limit), "--max-new-tokens", "2"])
+
+    assert evaluate(out, 2) == 0
+    before = files(out)
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        deny_writes_under(m, out)
+        assert evaluate(out, 3) == 2
+    assert capsys.readouterr().err.strip() == f"srlm: error: {out}: read-only (cannot write .srlm.lock there)"
+    with monkeypatch.context() as m:  # the benchmark's folder read-only: one line naming the file
+        deny_writes_under(m, out / "synthetic")
+        assert evaluate(out, 3) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"srlm: error: Permission denied: {out / 'synthetic' / 'samples.jsonl'}; free space or fix permissions, "
+        f"then re-run the same command to resume"]
+    assert files(out) == before  # the samples and summary of the finished evaluation are all there
+    (tmp_path / "a-file").write_text("")
+    assert evaluate(tmp_path / "a-file" / "eval", 2) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"srlm: error: {tmp_path / 'a-file' / 'eval'}: cannot create the folder: {tmp_path / 'a-file'} is a file; "
+        f"choose another folder"]
