@@ -99,6 +99,12 @@ class OptimConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping threshold (L2 norm).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    micro_batch_tokens: int | None = Field(
+        None, ge=1, description="Most tokens (rows x padded length) per forward/backward; a batch above it runs "
+        "in several, with the same gradients (memory knob only). Default: what fits 1 GiB of estimated "
+        "activations on a CPU, a quarter of a GPU's memory (srlm.memory.micro_batch_token_budget). Not "
+        "applied under FSDP (every process must run as many forwards). Not in stage keys: same results up to "
+        "float rounding.")
     save_every: int = Field(0, ge=0, description="Write a resumable checkpoint every N steps (0: only at the end).")
     seed: int = Field(0, description="Seed for data order, dropout and sampling.")
     compile: bool = Field(

@@ -62,14 +62,32 @@ def training_estimate(model, tokens: int, extra_weight_copies: int = 0, checkpoi
     params = list(model.parameters())
     weights = sum(_bytes(p.numel(), p.dtype) for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
+    gb = 1024 ** 3
+    return {"weights": weights * (1 + extra_weight_copies) / gb, "gradients + AdamW": 3 * trainable * 4 / gb,
+            "activations": tokens * activation_bytes_per_token(model, checkpointing) / gb}
+
+
+def activation_bytes_per_token(model, checkpointing: bool = False) -> int:
+    """Bytes autograd keeps per token of a training forward (the estimate of `training_estimate`)."""
     cfg = getattr(model, "config", None)
     layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
     mlp = int(getattr(cfg, "intermediate_size", 4 * hidden) or 4 * hidden)
-    per_token_layer = hidden if checkpointing else 7 * hidden + 3 * mlp
-    gb = 1024 ** 3
-    return {"weights": weights * (1 + extra_weight_copies) / gb, "gradients + AdamW": 3 * trainable * 4 / gb,
-            "activations": tokens * layers * per_token_layer * 4 / gb}
+    return layers * (hidden if checkpointing else 7 * hidden + 3 * mlp) * 4
+
+
+# Activations one micro-batch may keep when `micro_batch_tokens` is not set. On a CPU: 1 GiB, so that a
+# ~0.1-0.5B model's SFT or GRPO step fits a laptop beside its weights and AdamW (SmolLM2-135M: ~1,000 tokens
+# per micro-batch; the tiny demo model: ~27,000, more than any of its batches). On a GPU: a quarter of it.
+CPU_ACTIVATION_BUDGET = 1024 ** 3
+
+
+def micro_batch_token_budget(model, device: torch.device, checkpointing: bool = False) -> int:
+    """The default `micro_batch_tokens`: the tokens whose estimated activations fit the budget above."""
+    budget = CPU_ACTIVATION_BUDGET
+    if device.type == "cuda":
+        budget = torch.cuda.get_device_properties(device).total_memory // 4
+    return max(1, budget // max(1, activation_bytes_per_token(model, checkpointing)))
 
 
 def describe_estimate(stage: str, parts: dict[str, float], tokens: int | str) -> str:

@@ -114,7 +114,7 @@ def in_run(path, run_dir: Path) -> str:
 
 # Stage fields that say how a stage is computed, not what: equal results up to float rounding, so they stay
 # out of stage keys (a run keeps its finished stages, and resumes, under another launcher or with them added).
-EXECUTION_FIELDS = ("compile", "fsdp")
+EXECUTION_FIELDS = ("compile", "fsdp", "micro_batch_tokens")
 
 
 def stage_key(kind: str, scfg, input_key: str, teacher_key: str | None = None) -> str:

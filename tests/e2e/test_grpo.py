@@ -330,3 +330,23 @@ def test_updates_run_when_some_group_has_signal(tiny, tmp_path, variety_reward):
     metrics = [json.loads(x) for x in Path(tmp_path, m["dir"], "metrics.jsonl").read_text().splitlines()]
     assert [x["skipped_update"] for x in metrics] == [0.0, 0.0] and all("loss" in x for x in metrics)
     assert m["metrics"]["warnings"] == []
+
+
+def test_micro_batch_tokens_split_the_update_with_the_same_result(tiny):
+    """A token budget that leaves 2 rows per micro-batch instead of all 8: the same update and statistics
+    (each chunk's loss is normalised by the whole minibatch's counts)."""
+    from srlm.train.distributed import init_distributed
+    from srlm.train.grpo import _rows_per_micro_batch
+
+    seqs, adv = _random_rollouts(3)
+    longest = max(len(p) for p, _ in seqs) + max(len(c.token_ids) for _, c in seqs)
+    base = dict(prompts_per_step=2, group_size=4, micro_batch_size=8, beta=0.04, lr=1e-2)
+    whole, split = GRPOConfig(**base), GRPOConfig(**base, micro_batch_tokens=2 * longest + 1)
+    model = torch.nn.Linear(2, 2)
+    d = init_distributed(torch.device("cpu"))
+    assert (_rows_per_micro_batch(model, seqs, whole, d), _rows_per_micro_batch(model, seqs, split, d)) == (8, 2)
+    (s1, w1), (s2, w2) = (_update_beside_a_moved_reference(tiny, cfg, seqs, adv) for cfg in (whole, split))
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-6, rtol=1e-5), k
+    for k in ("loss", "kl", "entropy", "clip_fraction"):
+        assert s1[k] == pytest.approx(s2[k], rel=1e-5, abs=1e-7), k

@@ -191,3 +191,27 @@ def test_lora_with_trainable_tokens_changes_only_those_rows(tmp_path, model_dir)
     with pytest.raises(Exception, match="not single tokens"):
         run_sft(sft_cfg(steps=1, lora=LoraConfig(enabled=True, trainable_tokens=["<nope>"])), model_dir,
                 tmp_path / "bad", torch.device("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_micro_batch_tokens_split_batches_with_the_same_gradients(tmp_path, model_dir, monkeypatch, packing):
+    """`micro_batch_tokens` small enough to cut every batch of 4 into several forward/backward passes:
+    the same losses and weights as whole batches (each piece divides by the step's loss-token count)."""
+    import srlm.train.supervised as supervised
+    from srlm.train.sft import run_sft
+
+    passes = {}
+    real_collate = supervised.collate
+
+    def counting_collate(examples, *args):
+        passes[tag] = passes.get(tag, 0) + 1
+        return real_collate(examples, *args)
+
+    monkeypatch.setattr(supervised, "collate", counting_collate)
+    for tag, budget in (("whole", None), ("split", 60)):
+        run_sft(sft_cfg(micro_batch_tokens=budget, packing=packing, max_length=256), model_dir, tmp_path / tag,
+                torch.device("cpu"), progress=False)
+    assert passes["whole"] == 4 and passes["split"] >= 8  # 4 steps of one batch each; the budget cut them
+    whole, split = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("whole", "split"))
+    assert [m["loss"] for m in split] == pytest.approx([m["loss"] for m in whole], rel=1e-5)
+    assert_same_weights(tmp_path / "whole" / "checkpoint", tmp_path / "split" / "checkpoint", atol=1e-5)

@@ -20,12 +20,12 @@ def no_switches(monkeypatch):
 def test_a_stage_key_is_what_it_was_before_the_fields_existed():
     cfg = SFTConfig(lr=3e-4, steps=7)
     # the key as run_stage computed it before `compile` and `fsdp` were fields: the same dump without them
-    before = {k: v for k, v in cfg.model_dump().items() if k not in ("compile", "fsdp")}
+    before = {k: v for k, v in cfg.model_dump().items() if k not in ("compile", "fsdp", "micro_batch_tokens")}
     assert stage_key("sft", cfg, "tiny:abc") == content_key({"kind": "sft", "config": before, "input": "tiny:abc"})
     on = cfg.model_copy(update={"compile": True, "fsdp": True})
     assert stage_key("sft", on, "tiny:abc") == stage_key("sft", cfg, "tiny:abc")
     assert stage_key("sft", cfg.model_copy(update={"lr": 1e-4}), "tiny:abc") != stage_key("sft", cfg, "tiny:abc")
-    assert set(EXECUTION_FIELDS) == {"compile", "fsdp"}
+    assert set(EXECUTION_FIELDS) == {"compile", "fsdp", "micro_batch_tokens"}
 
 
 @pytest.mark.parametrize("var, value, field", [("SRLM_COMPILE", "1", "compile"), ("SRLM_FSDP", "1", "fsdp"),
@@ -50,3 +50,12 @@ def test_the_variables_off_leave_the_fields_as_configured(monkeypatch):
 def test_grpo_refuses_compile_and_fsdp_at_load():
     with pytest.raises(UserError, match=r"grpo\.fsdp: GRPO stages do not support it"):
         load_config(None, ["grpo.fsdp=true"])
+
+
+def test_micro_batch_tokens_stays_out_of_stage_keys():
+    """Added after runs existed, a memory knob (same gradients up to rounding): keys are what they were."""
+    cfg = SFTConfig(lr=3e-4, steps=7)
+    before = {k: v for k, v in cfg.model_dump().items() if k not in ("compile", "fsdp", "micro_batch_tokens")}
+    assert stage_key("sft", cfg, "tiny:abc") == content_key({"kind": "sft", "config": before, "input": "tiny:abc"})
+    assert stage_key("sft", cfg.model_copy(update={"micro_batch_tokens": 512}), "tiny:abc") == \
+        stage_key("sft", cfg, "tiny:abc")

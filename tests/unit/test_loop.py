@@ -326,3 +326,20 @@ def test_run_beside_keeps_autograd_on_the_side_when_asked():
         assert torch.equal(torch.autograd.grad(side_out + main_out, w)[0], torch.full((3,), 5.0))
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("lengths, budget, packing, expected", [
+    ([5, 5, 5, 5], 100, False, [[5, 5, 5, 5]]),           # fits: one piece, the batch as it was
+    ([5, 5, 5, 5], 10, False, [[5, 5], [5, 5]]),          # rows x longest <= 10
+    ([3, 8, 2, 2], 16, False, [[3, 8], [2, 2]]),          # a longer row raises the padded size of its piece
+    ([3, 8, 2, 2], 13, True, [[3, 8, 2], [2]]),           # packed: the sum of lengths
+    ([20, 4, 4], 10, False, [[20], [4, 4]]),              # one example above the budget: a piece of its own
+    ([4], 1, False, [[4]]),
+])
+def test_split_by_tokens(lengths, budget, packing, expected):
+    from srlm.train.supervised import split_by_tokens
+
+    examples = [TokenizedExample(list(range(n)), list(range(n))) for n in lengths]
+    pieces = split_by_tokens(examples, budget, packing)
+    assert [[len(e.input_ids) for e in p] for p in pieces] == expected
+    assert [e for p in pieces for e in p] == examples  # in order, none lost

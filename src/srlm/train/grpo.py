@@ -31,7 +31,7 @@ from srlm.engines.base import SamplingParams
 from srlm.engines import EngineOptions, build_engine, close_engine
 from srlm.errors import UserError
 from srlm.faults import fault_point
-from srlm.memory import describe_estimate, return_freed_memory_for, training_estimate
+from srlm.memory import describe_estimate, micro_batch_token_budget, return_freed_memory_for, training_estimate
 from srlm.grading.rewards import REWARDS, combine_rewards, score, weighted_sum
 from srlm.models import SeededDropoutLinear, apply_lora, hf_weights, is_peft, load_model, save_model
 from srlm.train.beside import can_run_beside, run_beside
@@ -221,8 +221,10 @@ def _start(cfg, model_dir: Path, device: torch.device, d) -> _Run:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return_freed_memory_for(model)
     if d.main:
-        rows = min(cfg.micro_batch_size, cfg.prompts_per_step * cfg.group_size)
-        tokens = rows * (max(map(len, prompt_ids)) + cfg.max_new_tokens)
+        longest = max(map(len, prompt_ids)) + cfg.max_new_tokens
+        budget = cfg.micro_batch_tokens or micro_batch_token_budget(model, device, cfg.gradient_checkpointing)
+        rows = max(1, min(cfg.micro_batch_size, cfg.prompts_per_step * cfg.group_size, budget // longest))
+        tokens = rows * longest
         print(describe_estimate("grpo", training_estimate(model, tokens, int(ref_model is not None),
                                                           cfg.gradient_checkpointing), tokens),
               file=sys.stderr, flush=True)
@@ -414,7 +416,7 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
     device = next(model.parameters()).device
     n_local = len(seqs)
     halves = can_run_beside(device) and not d.sharded and not _draws_random_numbers(model)
-    chunks, units = _micro_batches(n_local, cfg.micro_batch_size, halves)
+    chunks, units = _micro_batches(n_local, _rows_per_micro_batch(model, seqs, cfg, d), halves)
     padded = [pad_rollouts([seqs[i] for i in ch], pad_id, cfg.mask_truncated).to(device) for ch in chunks]
     minibatch = cfg.minibatch_size or cfg.prompts_per_step * cfg.group_size  # global sequences per update
     local_mb = minibatch // d.world
@@ -443,6 +445,18 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
             totals["loss"] += loss_total
             n_updates += 1
     return _update_stats(totals, n_updates, n_tok, d)
+
+
+def _rows_per_micro_batch(model, seqs, cfg, d) -> int:
+    """`micro_batch_size`, fewer where that many rows of the longest sequence would pass `micro_batch_tokens`
+    (its default from the model's estimated activations). FSDP's forwards are collectives that every process
+    must run as many times: there, `micro_batch_size` alone."""
+    if d.sharded or not seqs:
+        return cfg.micro_batch_size
+    device = next(model.parameters()).device
+    budget = cfg.micro_batch_tokens or micro_batch_token_budget(model, device, cfg.gradient_checkpointing)
+    longest = max(len(p) for p, _ in seqs) + max(len(c.token_ids) for _, c in seqs)  # rows pad to this
+    return max(1, min(cfg.micro_batch_size, budget // longest))
 
 
 def _micro_batches(n: int, micro: int, halves: bool) -> tuple[list[list[int]], list[tuple[int, ...]]]:

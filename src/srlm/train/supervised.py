@@ -29,7 +29,7 @@ from srlm.data.collate import IGNORE_INDEX, TokenizedExample, length_grouped_bat
 from srlm.errors import NonFiniteLoss, UserError
 from srlm.faults import fault_point
 from srlm.hf_compat import logits_at
-from srlm.memory import describe_estimate, return_freed_memory_for, training_estimate
+from srlm.memory import describe_estimate, micro_batch_token_budget, return_freed_memory_for, training_estimate
 from srlm.models import save_model
 from srlm.train.checkpoint import load_resume_checkpoint, save_resume_checkpoint
 from srlm.train.distributed import (
@@ -59,6 +59,25 @@ def plan_micro_batches(examples: list[TokenizedExample], cfg, total_steps: int, 
         plan.extend(length_grouped_batches(lengths, cfg.batch_size, rng))
         epoch += 1
     return plan[: total_steps * per_step]
+
+
+def split_by_tokens(examples: list[TokenizedExample], budget: int, packing: bool = False
+                    ) -> list[list[TokenizedExample]]:
+    """One micro-batch cut, in order, into pieces of at most `budget` tokens: rows x the longest row when
+    padded, the sum of lengths when packed (a single longer example is a piece of its own). Each piece's
+    loss is divided by the whole step's loss-token count, so the pieces' gradients add up to the batch's."""
+    pieces: list[list[TokenizedExample]] = []
+    piece: list[TokenizedExample] = []
+    longest = total = 0
+    for e in examples:
+        n = len(e.input_ids)
+        size = total + n if packing else (len(piece) + 1) * max(longest, n)
+        if piece and size > budget:
+            pieces.append(piece)
+            piece, longest, total = [], 0, 0
+        piece.append(e)
+        longest, total = max(longest, n), total + n
+    return pieces + [piece] if piece else pieces
 
 
 def collate(examples: list[TokenizedExample], pad_id: int, packing: bool, row_length: int) -> dict:
@@ -113,7 +132,8 @@ Rollout = Callable[[int, list[list[TokenizedExample]]], tuple[list[list[Tokenize
 def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir: Path, device: torch.device,
                      progress: bool = True, desc: str = "sft", step_loss: StepLoss = sft_step_loss,
                      rollout: Rollout | None = None) -> dict:
-    """The supervised loop. One optimizer step = `world * grad_accum` micro-batches of `batch_size`.
+    """The supervised loop. One optimizer step = `world * grad_accum` micro-batches of `batch_size`, each
+    run in pieces of at most `micro_batch_tokens` tokens (`split_by_tokens`).
 
     The data position is the step number (the plan is a pure function of data and seed), so a resume
     checkpoint every `save_every` steps plus the RNG states makes a killed run, started again, end with
@@ -134,11 +154,13 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
     if compile_requested(cfg):
         compile_layers(model)
     model.train()
+    budget = cfg.micro_batch_tokens or micro_batch_token_budget(model, device, cfg.gradient_checkpointing)
     broadcast_parameters(model, d)
     model = shard_model(model, d, cfg.fsdp)
     return_freed_memory_for(model)
     if d.main:
-        tokens = cfg.batch_size * min(cfg.max_length, max(len(e.input_ids) for e in examples))
+        longest = min(cfg.max_length, max(len(e.input_ids) for e in examples))
+        tokens = max(longest, min(budget, cfg.batch_size * longest))
         print(describe_estimate(desc, training_estimate(model, tokens, checkpointing=cfg.gradient_checkpointing),
                                 tokens), file=sys.stderr, flush=True)
     opt = make_optimizer(model, cfg)
@@ -165,9 +187,11 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
                                                                sum(len(e.input_ids) for mb in mine for e in mb)))
         loss_sum = torch.zeros((), device=device)
         stat_sums: dict[str, torch.Tensor] = {}
-        for k, mb in enumerate(mine):
-            batch = {key: v.to(device) for key, v in collate(mb, pad_id, packing, cfg.max_length).items()}
-            gradient_sync(model, d, k == len(mine) - 1)
+        # FSDP's forwards are collectives, so every process must run as many: its micro-batches stay whole
+        pieces = mine if d.sharded else [piece for mb in mine for piece in split_by_tokens(mb, budget, packing)]
+        for k, piece in enumerate(pieces):
+            batch = {key: v.to(device) for key, v in collate(piece, pad_id, packing, cfg.max_length).items()}
+            gradient_sync(model, d, k == len(pieces) - 1)
             with autocast(device):
                 loss, stats = step_loss(model, batch, max(n_loss, 1))
             loss.backward()
