@@ -6,11 +6,12 @@ Each workload runs in its own process, so each peak RSS (`ru_maxrss`) is that wo
 - eval: `srlm eval` on the first 64 GSM8K test problems, one batch of 64, the paper's sampling
   (temperature 0.6, top-p 0.95), at most 256 new tokens -> `eval_peak_gb`, `eval_tokens_per_s` (with
   `--kv-cache-gb`, as many rows at once as that KV cache holds);
-- sft_full / sft_lora: SFT on GSM8K train in the <think>/<answer> format, batches of 8 (2 micro-batches of
-  4), at most 512 tokens, LoRA without dropout, 3 steps -> `sft_full_peak_gb`, `sft_lora_peak_gb`, `sft_tokens_per_s` (full, median step after the first);
+- sft_full / sft_lora: SFT on GSM8K train in the <think>/<answer> format, batches of 8, at most 512 tokens,
+  LoRA r 16 with the paper's dropout 0.05, 3 steps, micro-batches left to the default token budget
+  (`micro_batch_tokens`) -> `sft_full_peak_gb`, `sft_lora_peak_gb`, `sft_tokens_per_s` (full, median step
+  after the first);
 - grpo: 4 GSM8K prompts x 4 samples x exactly 256 new tokens, the bench's varied reward, beta 0.04, micro-batches
-  of 4 sequences (the whole batch of 16 at once keeps about 9 GB of activations), 2 steps ->
-  `grpo_peak_gb`, `grpo_step_s` (the last step).
+  left to the default token budget, 2 steps -> `grpo_peak_gb`, `grpo_step_s` (the last step).
 - gen (and gen_vllm with `--vllm-python`, vLLM's CPU build in its own virtual environment): 8 GSM8K
   prompts x 4 samples x exactly 64 new tokens, temperature 1 -> `gen_tokens_per_s`, `vllm_tokens_per_s`
   (the generate call's wall time; vLLM's engine start-up excluded), alternated `--rounds` times.
@@ -103,11 +104,8 @@ def run_sft(model: Path, work: Path, lora: bool) -> dict:
     from srlm.files import read_metrics
     from srlm.train.sft import run_sft as sft
 
-    # batches of 8 as 2 micro-batches of 4 (the same optimizer step; batches of 8 at once kept 7-8 GB of
-    # activations on the longest GSM8K batches); LoRA without dropout (dropout keeps a copy of every adapted
-    # layer's input)
-    cfg = SFTConfig(data=DatasetRef(name="gsm8k", split="train", path=str(DATA), limit=64), steps=3, batch_size=4,
-                    grad_accum=2, max_length=512, lr=1e-5, lora={"enabled": lora, "dropout": 0.0})
+    cfg = SFTConfig(data=DatasetRef(name="gsm8k", split="train", path=str(DATA), limit=64), steps=3, batch_size=8,
+                    max_length=512, lr=1e-5, lora={"enabled": lora, "dropout": 0.05})
     sft(cfg, model, work / "sft", torch.device("cpu"), progress=False)
     steps = read_metrics(work / "sft" / "metrics.jsonl")
     key = "sft_lora" if lora else "sft_full"
@@ -129,7 +127,7 @@ def run_grpo(model: Path, work: Path) -> dict:
     REWARDS["variety"] = lambda text, gold: len(set(text)) / 10.0
     cfg = GRPOConfig(data=DatasetRef(name="gsm8k", split="train", path=str(DATA), limit=64), steps=2,
                      prompts_per_step=4, group_size=4, max_new_tokens=256, min_new_tokens=256, beta=0.04,
-                     rewards=["variety"], micro_batch_size=4, collapse={"enabled": False})
+                     rewards=["variety"], collapse={"enabled": False})
     grpo(cfg, model, work / "grpo", torch.device("cpu"), progress=False)
     m = read_metrics(work / "grpo" / "metrics.jsonl")
     return {"grpo_peak_gb": round(peak_gb(), 2), "grpo_step_s": round(m[-1]["seconds/step"], 2),
