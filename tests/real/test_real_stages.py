@@ -35,7 +35,7 @@ def test_one_sft_step(real_model_dir, tmp_path, lora):
     from srlm.train.sft import run_sft
 
     cfg = SFTConfig(data=DatasetRef(name="gsm8k", split="train", path=str(DATA), limit=2), steps=1, batch_size=2,
-                    max_length=384, lr=1e-5, lora={"enabled": lora, "dropout": 0.0})
+                    max_length=384, lr=1e-5, lora={"enabled": lora, "dropout": 0.05})
     summary = run_sft(cfg, real_model_dir, tmp_path, torch.device("cpu"), progress=False)
     assert summary["steps"] == 1 and 0 < summary["final_loss"] < 10
     trained, _ = load_model(tmp_path / "checkpoint", torch.device("cpu"), dtype="float32")
