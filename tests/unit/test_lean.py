@@ -97,12 +97,12 @@ def test_lean_layer_cache_appends_in_place_and_grows():
     assert torch.equal(keys, torch.cat([full[:, :, 3:], chunks[1]], dim=2))
 
 
-def test_lean_packs_for_the_decode_row_count_and_repacks_when_it_changes(monkeypatch):
-    """Packed weights serve calls with the row count they were packed for; other counts (prefill, a batch
-    that lost rows) take the plain product until a re-pack is due. The logits never change."""
+def test_lean_packs_for_the_decode_row_count_and_repacks_when_it_changes():
+    """Packed weights serve calls with the row count they were packed for; a batch that lost rows is
+    re-packed at once; prefill takes the plain product, recomputed from the model (the fused weights are
+    kept only packed). The logits never change."""
     if not lean_module.MKL_PACKING:
         pytest.skip("this torch build has no MKL packed products")
-    monkeypatch.setattr(lean_module, "REPACK_EVERY", 3)
     model = _model("qwen2")
     lean = LeanForward(model)
     ids, mask, pos = _left_padded(4, 6, [0, 2, 1, 0])
@@ -123,8 +123,12 @@ def test_lean_packs_for_the_decode_row_count_and_repacks_when_it_changes(monkeyp
             packed_rows.append(lean.lm_head.packed_rows)
             want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert packed_rows == [4, 4, 4, 2, 2, 2, 2, 2]  # re-packed for 2 rows once 3 steps had passed
+    assert packed_rows == [4, 4, 2, 2, 2, 2, 2, 2]  # re-packed for 2 rows at the first step with 2 rows
     assert all(p.packed_rows == 2 for p in lean.projections)
+    # one copy of each weight: the fused ones only packed, the model's own (o, down) plain + packed
+    layer = lean.layers[0]
+    assert lean.lm_head.weight is None and layer["qkv"].weight is None and layer["gate_up"].weight is None
+    assert layer["o"].weight.data_ptr() == model.model.layers[0].self_attn.o_proj.weight.data_ptr()
 
 
 # ----------------------------------------------------------------------------- lean training forward

@@ -18,6 +18,8 @@ wrappers) is reported by `lean_unsupported` and the engine keeps the transformer
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -146,18 +148,32 @@ class Projection:
     gain can vanish). Other row counts (prefill) take the plain product.
     Elsewhere (GPU, other BLAS) the weight is stored [in, out]: with a few dozen rows, x @ W in that layout
     runs up to 1.6x faster on CPU than F.linear.
+
+    With MKL, a weight that the lean forward computed itself (fused, norm folded in: `rebuild` recomputes
+    it from the model) is not kept beside its packed copy: the packed copy is the only one, and the few
+    products that need the plain weight (prefill, packing) recompute it and let it go. SmolLM2-135M: 0.37 GB
+    less, the cost of recomputing about that of packing.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None,
+                 rebuild: Callable[[], torch.Tensor] | None = None):
         self.mkl = MKL_PACKING and weight.device.type == "cpu" and weight.dtype == torch.float32
-        self.weight = weight if self.mkl else weight.t().contiguous()  # [out, in] for MKL, else [in, out]
+        self.rebuild = rebuild if self.mkl else None
+        # [out, in] for MKL, else [in, out]; None when `rebuild` recomputes it
+        self.weight = None if self.rebuild else weight if self.mkl else weight.t().contiguous()
+        # what `_mkl_linear` reads of the plain weight when the packed one serves: its shape and dtype
+        self._shape_of_weight = weight.new_zeros(()).expand(weight.shape)
         self.bias = bias
         self.packed: torch.Tensor | None = None
         self.packed_rows = 0
 
+    def plain_weight(self) -> torch.Tensor:
+        return self.weight if self.weight is not None else self.rebuild()
+
     def pack(self, rows: int) -> None:
         if self.mkl:
-            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, rows)
+            self.packed = None  # the old packed copy goes before the new one is made
+            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.plain_weight(), rows)
             self.packed_rows = rows
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,14 +181,8 @@ class Projection:
             y = torch.matmul(x, self.weight)
             return y if self.bias is None else y + self.bias
         if self.packed is not None and x.numel() // x.shape[-1] == self.packed_rows:
-            return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, self.packed_rows)
-        return F.linear(x, self.weight, self.bias)
-
-
-# Packing reads and writes every weight once, about the cost of a few decode steps' products: a batch
-# whose row count changed (rows finished and were dropped) is re-packed for at most once per this many
-# steps, so the packing can never cost more than it saves by much.
-REPACK_EVERY = 16
+            return torch.ops.mkl._mkl_linear(x, self.packed, self._shape_of_weight, self.bias, self.packed_rows)
+        return F.linear(x, self.plain_weight(), self.bias)
 
 
 # Resident size of MKL's packed layout relative to the plain fp32 weight (SmolLM2-135M: 0.79 GB resident for
@@ -181,9 +191,9 @@ MKL_PACKED_RESIDENT = 1.6
 
 
 def lean_copy_bytes(model) -> int:
-    """Bytes of weights a `LeanForward` of `model` holds beyond the model's own: the fused q/k/v and
-    gate/up weights and the output layer with the final norm folded in, plus, on CPU builds with MKL, the
-    packed copy of every projection (`Projection.pack`)."""
+    """Bytes of weights a `LeanForward` of `model` holds beyond the model's own once decoding: the fused
+    q/k/v and gate/up weights and the output layer with the final norm folded in, or, on CPU builds with MKL
+    (fp32), the packed copy of every projection instead (`Projection.pack`)."""
     inner = model.model
     fused = model.lm_head.weight.numel()
     for layer in inner.layers:
@@ -195,7 +205,9 @@ def lean_copy_bytes(model) -> int:
     if MKL_PACKING and weight.device.type == "cpu" and weight.dtype == torch.float32:
         packed = fused + sum(layer.self_attn.o_proj.weight.numel() + layer.mlp.down_proj.weight.numel()
                              for layer in inner.layers)
-    return int((fused + MKL_PACKED_RESIDENT * packed) * size)
+    if packed:  # the packed copies replace the fused ones (`Projection.rebuild`)
+        return int(MKL_PACKED_RESIDENT * packed * size)
+    return int(fused * size)
 
 
 class LeanForward:
@@ -209,7 +221,8 @@ class LeanForward:
         hidden = self.embed.shape[1]
         # the final RMSNorm's weight is folded into the output layer (see `_unit_rms`)
         self.final_eps = _eps(inner.norm) * hidden
-        self.lm_head = Projection(_fold_norm(model.lm_head.weight.detach(), inner.norm.weight), None)
+        head = lambda: _fold_norm(model.lm_head.weight.detach(), inner.norm.weight)  # noqa: E731
+        self.lm_head = Projection(head(), None, rebuild=head)
         self.rotary = inner.rotary_emb
         # the rotation angles of a static rotary embedding depend on the position only: tabulate them once
         # (a decode step then looks its row up instead of recomputing cos/sin for every token)
@@ -218,7 +231,6 @@ class LeanForward:
         self.layers = [_fused_layer(layer, hidden) for layer in inner.layers]
         self.projections = [self.lm_head] + [layer[k] for layer in self.layers
                                              for k in ("qkv", "o", "gate_up", "down")]
-        self._steps_since_pack = REPACK_EVERY
 
     def new_cache(self, reserve: int | None = None) -> LeanCache:
         """An empty cache; `reserve`: the most tokens a request will append after its prompt."""
@@ -251,13 +263,13 @@ class LeanForward:
         return self.lm_head(_unit_rms(x[:, -1], self.final_eps))  # [B, V]
 
     def _pack_for(self, rows: int) -> None:
-        """Pack the weights for decode steps of `rows` rows, unless they are or were packed just now."""
-        self._steps_since_pack += 1
-        if self.lm_head.packed_rows == rows or not self.lm_head.mkl or self._steps_since_pack < REPACK_EVERY:
+        """Pack the weights for decode steps of `rows` rows, unless they are. At once when the row count
+        changes (rows finished and were dropped, or joined): the fused weights exist only packed, and a
+        step without them would recompute them (`Projection.rebuild`), which costs about what packing does."""
+        if self.lm_head.packed_rows == rows or not self.lm_head.mkl:
             return
         for p in self.projections:
             p.pack(rows)
-        self._steps_since_pack = 0
 
 
     def _rotation(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -336,21 +348,28 @@ def _fused_layer(layer, hidden: int) -> dict:
     # the attention's 1/sqrt(D) goes into q once here (into q_norm's weight when q is normalised: the
     # norm would undo it; the rotation is linear and keeps it) instead of scaling every score
     q_scale = 1.0 if q_norm is not None else attn.scaling
-    weight = torch.cat([attn.q_proj.weight * q_scale, attn.k_proj.weight, attn.v_proj.weight])[rows]
+
+    def qkv_weight() -> torch.Tensor:
+        weight = torch.cat([attn.q_proj.weight * q_scale, attn.k_proj.weight, attn.v_proj.weight])[rows]
+        return _fold_norm(weight.detach(), layer.input_layernorm.weight)
+
+    def gate_up_weight() -> torch.Tensor:
+        return _fold_norm(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                          layer.post_attention_layernorm.weight)
+
     bias = qkv_bias(attn)  # a new tensor (a concatenation): scaled in place
     if bias is not None:
         bias = bias.detach()
         bias[:attn.q_proj.weight.shape[0]] *= q_scale
         bias = bias[rows]
     return {
-        "qkv": Projection(_fold_norm(weight.detach(), layer.input_layernorm.weight), bias),
+        "qkv": Projection(qkv_weight(), bias, rebuild=qkv_weight),
         "head_dim": head_dim, "heads": n_q, "kv_heads": n_kv,
         "o": Projection(attn.o_proj.weight.detach(), None if attn.o_proj.bias is None else attn.o_proj.bias.detach()),
         "q_norm": (q_norm.weight[pairs] * attn.scaling, _eps(q_norm)) if q_norm is not None else None,
         "k_norm": (k_norm.weight[pairs], _eps(k_norm)) if k_norm is not None else None,
         "eps1": _eps(layer.input_layernorm) * hidden, "eps2": _eps(layer.post_attention_layernorm) * hidden,
-        "gate_up": Projection(_fold_norm(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
-                                         layer.post_attention_layernorm.weight), None),
+        "gate_up": Projection(gate_up_weight(), None, rebuild=gate_up_weight),
         "down": Projection(mlp.down_proj.weight.detach(), None),
     }
 
