@@ -365,7 +365,7 @@ def test_hf_kv_cache_budget_caps_rows_not_samples(tiny):
     prompts = encode(tok, PROMPTS)
     sampling = SamplingParams(max_new_tokens=8, temperature=0.8, top_p=0.9, n=2, stop_token_ids=(tok.eos_token_id,))
     seeds = [100 + i for i in range(len(prompts))]
-    columns = max(map(len, prompts)) + 8
+    columns = max(map(len, prompts)) + 2 * 8  # rows join a running batch: up to twice max_new_tokens
     per_row = columns * kv_bytes_per_token(model)
     assert per_row == columns * 2 * 2 * 2 * 16 * 4  # K and V x 2 layers x 2 kv heads x head dim 16 x fp32
     free = HFEngine(model, tok, batch_size=32)
@@ -378,5 +378,5 @@ def test_hf_kv_cache_budget_caps_rows_not_samples(tiny):
     assert capped.live_rows == 3 and free.live_rows == 32
     assert max(widest) == 3  # never more rows in a forward than the budget holds
     assert HFEngine(model, tok, kv_cache_gb=1e-9).rows_for(columns) == 1  # at least one row
-    line = capped.memory_estimate("eval x", [len(p) for p in prompts], 8)
+    line = capped.memory_estimate("eval x", [len(p) for p in prompts for _ in range(2)], 8)
     assert "3 rows x" in line and "KV cache" in line

@@ -187,7 +187,7 @@ class HFEngine:
             if remaining[i] == 0 and on_complete:
                 on_complete(i, out[i])  # type: ignore[arg-type]
 
-        self.live_rows = self.rows_for(max(map(len, prompts), default=0) + sampling.max_new_tokens)
+        self.live_rows = self.rows_for(self._columns([len(p) for p in prompts], sampling.n, sampling.max_new_tokens))
         was_training = self.model.training
         self.model.eval()
         self._lean = LeanForward(self.model) if self.lean and lean_unsupported(self.model) is None else None
@@ -207,10 +207,21 @@ class HFEngine:
             return self.batch_size
         return rows_within(self.kv_cache_gb, columns * kv_bytes_per_token(self.model), self.batch_size)
 
+    def _columns(self, prompt_lengths: list[int], n: int, max_new_tokens: int) -> int:
+        """The most columns a row's KV cache can reach in a call: the longest prompt plus `max_new_tokens`
+        when every sequence fits in one batch; twice `max_new_tokens` when sequences join a running batch
+        (a row that joins is left-padded to the width of rows already up to `max_new_tokens` along)."""
+        columns = max(prompt_lengths, default=0) + max_new_tokens
+        if self.kv_cache_gb is None:
+            return columns
+        if self.rows_for(columns) < n * len(prompt_lengths):
+            return columns + max_new_tokens
+        return columns
+
     def memory_estimate(self, stage: str, prompt_lengths: list[int], max_new_tokens: int) -> str:
         """The line evaluation prints when it starts: weights, the lean forward's copies, the KV cache of the
-        rows decoded together (`rows_for`), each sized for the longest prompt plus `max_new_tokens`."""
-        columns = max(prompt_lengths, default=0) + max_new_tokens
+        rows decoded together (`rows_for`), each sized as `_columns` (one entry per sequence)."""
+        columns = self._columns(prompt_lengths, 1, max_new_tokens)
         rows = min(self.rows_for(columns), len(prompt_lengths) or 1)
         uses_lean = self.lean and lean_unsupported(self.model) is None
         copies = lean_copy_bytes(self.model) / 1024 ** 3 if uses_lean else 0.0
