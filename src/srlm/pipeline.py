@@ -38,6 +38,7 @@ from srlm.config import RunConfig, pipeline_seeds, pipeline_stages, pipeline_sta
 from srlm.errors import NonFiniteLoss, UserError
 from srlm.faults import fault_point
 from srlm.models import resolve_device
+from srlm.train.distributed import init_distributed
 from srlm.files import atomic_write_json, atomic_write_text
 
 
@@ -97,8 +98,11 @@ def start_model(cfg: RunConfig, run_dir: Path, name: str) -> tuple[Path | str, s
 
         spec = TinySpec(**cfg.model.tiny.model_dump())
         folder = run_dir / "start-model"
-        if not is_complete_tiny_model(folder, spec):  # absent, another shape, or cut short by a kill
+        rank_zero = int(os.environ.get("RANK", "0")) == 0
+        if rank_zero and not is_complete_tiny_model(folder, spec):  # absent, another shape, or cut short by a kill
             write_tiny_model(folder, spec)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # under a launcher: rank 0 writes it, the others wait for it
         return folder, "tiny:" + content_key(cfg.model.tiny.model_dump())
     return start, "model:" + start
 
@@ -423,6 +427,7 @@ def _run_all(cfg: RunConfig, run_dir: Path, names: list[str], progress: bool) ->
 
     allow_remote_code(cfg.model.trust_remote_code)
     device = resolve_device(cfg.device)
+    init_distributed(device)  # under a launcher: the process group of the whole run (nccl on GPU, else gloo)
     use_data_path(cfg)
     torch.manual_seed(0)
     results = []
