@@ -199,3 +199,20 @@ def test_an_incomplete_evaluation_is_marked_in_its_cell_with_a_legend_and_in_the
     assert "complete" in csv_records(accuracy_records(rows)).splitlines()[0].split(",")
     failed = accuracy_records([rows[0], Row("broken", "failed", {}, reason="x")])[1]
     assert failed["complete"] is None  # no evaluation: nothing to say
+
+
+def test_srlm_run_prints_the_legend_of_the_marks_in_its_accuracy_table(monkeypatch, capsys, tmp_path):
+    import srlm.pipeline
+    import srlm.report_folder
+    from srlm.commands.run import execute
+    from srlm.config import load_config
+
+    part = {**_bench(0.5), "complete": False}
+    monkeypatch.setattr(srlm.pipeline, "run_all", lambda cfg, progress, only: [])
+    monkeypatch.setattr(srlm.report_folder, "collect_rows", lambda run_dir: [Row("part", "done", {"gsm8k": part})])
+    assert execute(load_config(None, [f"run_dir={tmp_path}"])) == 0
+    out = capsys.readouterr().out
+    assert "| part | 50.0 ± 1.0 § |" in out and "§ the evaluation is incomplete" in out
+    monkeypatch.setattr(srlm.report_folder, "collect_rows", lambda run_dir: [Row("all", "done", {"gsm8k": _bench(0.5)})])
+    assert execute(load_config(None, [f"run_dir={tmp_path}"])) == 0
+    assert "§" not in capsys.readouterr().out

@@ -31,13 +31,16 @@ def execute(cfg, progress: bool = True, only=None) -> int:
     from pathlib import Path
 
     from srlm.pipeline import run_all
-    from srlm.report_tables import accuracy_table, format_table, markdown
+    from srlm.report_tables import accuracy_table, format_table, markdown, marks_legend
     from srlm.report_folder import collect_rows
 
     results = run_all(cfg, progress=progress, only=only)
     rows = collect_rows(Path(cfg.run_dir))
     print()
-    print(markdown(accuracy_table(rows)))
+    table = accuracy_table(rows)
+    print(markdown(table))
+    if marks_legend(table):  # what †, ‡ or § in the table mean
+        print(marks_legend(table))
     print()
     print(markdown(format_table(rows)))
     print(f"\nreport: {Path(cfg.run_dir) / 'report.md'}")
