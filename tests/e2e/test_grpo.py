@@ -350,3 +350,26 @@ def test_micro_batch_tokens_split_the_update_with_the_same_result(tiny):
         assert torch.allclose(w1[k], w2[k], atol=1e-6, rtol=1e-5), k
     for k in ("loss", "kl", "entropy", "clip_fraction"):
         assert s1[k] == pytest.approx(s2[k], rel=1e-5, abs=1e-7), k
+
+
+def test_dynamic_sampling_drops_groups_without_signal_and_grades_each_completion_once(tiny, tmp_path,
+                                                                                    monkeypatch):
+    """Questions with an odd answer get a reward that varies; even answers get 0 for every completion, so
+    their groups carry no signal and dynamic sampling drops them and draws more questions. The reward is
+    called once per completion that was looked at: kept groups are not scored a second time."""
+    calls = []
+
+    def half_variety(text, gold):
+        calls.append(1)
+        return len(set(text)) / 10.0 if int(float(gold)) % 2 else 0.0
+
+    monkeypatch.setitem(REWARDS, "half_variety", half_variety)
+    cfg = _cfg(steps=3, rewards=["half_variety"], dynamic_sampling=True, collapse={"enabled": False})
+    m = run_stage("grpo", cfg, tiny, "tiny", tmp_path, torch.device("cpu"), progress=False)
+    assert m["status"] == "done", m.get("reason")
+    metrics = [json.loads(x) for x in Path(tmp_path, m["dir"], "metrics.jsonl").read_text().splitlines()]
+    dropped = sum(x["dropped_groups"] for x in metrics)
+    assert dropped > 0  # some even answers were drawn and dropped
+    assert all(x["zero_var_groups"] < 1.0 for x in metrics)  # what was kept carries signal
+    kept = cfg.steps * cfg.prompts_per_step
+    assert len(calls) == (kept + dropped) * cfg.group_size

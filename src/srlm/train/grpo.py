@@ -32,7 +32,7 @@ from srlm.engines import EngineOptions, build_engine, close_engine
 from srlm.errors import UserError
 from srlm.faults import fault_point
 from srlm.memory import describe_estimate, micro_batch_token_budget, return_freed_memory_for, training_estimate
-from srlm.grading.rewards import REWARDS, combine_rewards, score, weighted_sum
+from srlm.grading.rewards import REWARDS, score, weighted_sum
 from srlm.models import SeededDropoutLinear, apply_lora, hf_weights, is_peft, load_model, save_model
 from srlm.train.beside import can_run_beside, run_beside
 from srlm.train.checkpoint import load_resume_checkpoint, save_resume_checkpoint
@@ -252,16 +252,12 @@ def _grpo_step(run: _Run, step: int, cursor: int):
     whether the update was skipped, the tokens it trained on, the new cursor)."""
     cfg, d = run.cfg, run.d
     timer, t_step = Timer(), time.perf_counter()
-    # ---- rollout: G completions per question of this process's share of the step
-    with timer.phase("generate"):
-        batch_idx, completions, cursor, n_dropped = _rollout(
-            run.engine, run.sampling, run.prompt_ids, run.problems, cfg, cursor, cfg.seed * 1_000_003 + step,
-            run.weights, d)
+    # ---- rollout: G completions per question of this process's share of the step, each graded once
+    batch_idx, completions, scored, cursor, n_dropped = _rollout(run, cfg, cursor, cfg.seed * 1_000_003 + step, timer)
     fault_point("grpo:after_generate", step=step + 1)
-    # ---- score each completion once with the named rewards, then group-relative advantages
+    # ---- the named rewards, their weighted sum and group-relative advantages
     with timer.phase("score"):
-        golds = [run.problems[i]["answer"] for i in batch_idx for _ in range(cfg.group_size)]
-        per_reward, rewards, grades = _score(cfg, run.weights, completions, golds)
+        per_reward, rewards, grades = _gather_scores(cfg, run.weights, scored)
         advantages = ADVANTAGE_ESTIMATORS[cfg.advantage](rewards, cfg.group_size, scale=cfg.scale_rewards)  # [B]
     # ---- mu passes of clipped-ratio updates; none when every advantage is zero: the clipped
     # objective has no gradient then, so the passes would be spent for (almost) nothing
@@ -282,13 +278,17 @@ def _grpo_step(run: _Run, step: int, cursor: int):
     return metrics, completions, skip, n_tokens, cursor
 
 
-def _score(cfg, weights, completions, golds):
-    """Each completion graded once: (name -> its rewards [B], the weighted reward [B], the grades)."""
-    texts = [c.text for group in completions for c in group]
-    values, grades = score(cfg.rewards, texts, golds)
-    per_reward = {name: torch.tensor(values[name]) for name in cfg.rewards}  # name -> [B]
+def _score_group(cfg, group, gold: str) -> tuple[dict[str, list[float]], list]:
+    """One group's completions graded once: (name -> each completion's reward, the grades)."""
+    return score(cfg.rewards, [c.text for c in group], [gold] * len(group))
+
+
+def _gather_scores(cfg, weights, scored):
+    """The step's groups' scores as (name -> rewards [B], the weighted reward [B], the grades)."""
+    per_reward = {name: torch.tensor([v for values, _ in scored for v in values[name]])
+                  for name in cfg.rewards}  # name -> [B]
     rewards = weighted_sum([per_reward[n] for n in cfg.rewards], weights)  # [B]
-    return per_reward, rewards, grades
+    return per_reward, rewards, [g for _, grades in scored for g in grades]
 
 
 def _warn_no_signal(no_signal: NoSignalWatch, last: dict, warnings: list, d) -> None:
@@ -344,34 +344,46 @@ def _check_config(cfg, d) -> None:
         raise UserError("grpo.dynamic_sampling runs in one process; turn it off under torchrun")
 
 
-def _rollout(engine, sampling, prompt_ids, problems, cfg, cursor, seed, weights, d):
-    """This process's questions for the step (from a seeded epoch order) and their G completions each.
+def _rollout(run: _Run, cfg, cursor: int, seed: int, timer: Timer):
+    """This process's questions for the step (from a seeded epoch order), their G completions each, and each
+    group's scores (every completion graded once, here).
 
     Every process walks the same question stream and takes its own slice. With dynamic sampling (one
     process), groups whose rewards are all equal carry no signal: they are dropped and more questions
     drawn, up to 4 rounds, so the batch is as full of signal as the data allows.
     """
+    d = run.d
     share = cfg.prompts_per_step // d.world
-    kept_idx, kept, n_dropped = [], [], 0
+    kept_idx, kept, kept_scores, n_dropped = [], [], [], 0
     rounds = 4 if cfg.dynamic_sampling else 1
-    reward = combine_rewards(cfg.rewards, weights) if cfg.dynamic_sampling else None
     for r in range(rounds):
         need = cfg.prompts_per_step - len(kept_idx) * d.world if r else cfg.prompts_per_step
-        stream = [_question_at(cursor + k, len(problems), cfg.seed) for k in range(need)]
+        stream = [_question_at(cursor + k, len(run.problems), cfg.seed) for k in range(need)]
         cursor += need
         idx = stream[d.rank * share:(d.rank + 1) * share] if r == 0 else stream
-        groups = engine.generate([prompt_ids[i] for i in idx], replace(sampling, seed=seed * 7 + r * 997 + d.rank))
-        for i, group in zip(idx, groups):
-            if cfg.dynamic_sampling and r < rounds - 1:
-                scores = {reward(c.text, problems[i]["answer"]) for c in group}
-                if len(scores) == 1:
+        with timer.phase("generate"):
+            groups = run.engine.generate([run.prompt_ids[i] for i in idx],
+                                         replace(run.sampling, seed=seed * 7 + r * 997 + d.rank))
+        with timer.phase("score"):
+            for i, group in zip(idx, groups):
+                if len(kept_idx) >= share:
+                    break
+                values, grades = _score_group(cfg, group, run.problems[i]["answer"])
+                if cfg.dynamic_sampling and r < rounds - 1 and _all_equal(values, run.weights, cfg.rewards):
                     n_dropped += 1
                     continue
-            kept_idx.append(i)
-            kept.append(group)
+                kept_idx.append(i)
+                kept.append(group)
+                kept_scores.append((values, grades))
         if len(kept_idx) >= share:
             break
-    return kept_idx[:share], kept[:share], cursor, n_dropped
+    return kept_idx, kept, kept_scores, cursor, n_dropped
+
+
+def _all_equal(values: dict[str, list[float]], weights: list[float], names: list[str]) -> bool:
+    """Whether every completion of a group has the same weighted reward (the group carries no signal)."""
+    totals = {weighted_sum([values[n][k] for n in names], weights) for k in range(len(values[names[0]]))}
+    return len(totals) == 1
 
 
 def _question_at(position: int, n: int, seed: int) -> int:
