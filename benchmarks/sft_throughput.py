@@ -61,8 +61,8 @@ def main() -> None:
     model, tok = load_model(args.model, device, dtype="float32")
     examples = workload(tok)
     cfg = SimpleNamespace(**SFTConfig(steps=args.steps, batch_size=args.batch, lr=1e-4, loss_on="all",
-                                      warmup_ratio=0.0, max_length=1024, packing=args.packing).model_dump(),
-                          compile=args.compile)
+                                      warmup_ratio=0.0, max_length=1024, packing=args.packing,
+                                      compile=args.compile).model_dump())
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         train_supervised(model, tok, examples, cfg, Path(out), device, progress=False, desc="bench")
