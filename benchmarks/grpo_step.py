@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--no-lean-forward", dest="lean_forward", action="store_false",
                     help="grpo.lean_forward: false (training passes through the transformers forward)")
+    ap.add_argument("--bf16", action="store_true", help="bf16_autocast: true (bf16 matrix products on a CPU with bf16)")
     args = ap.parse_args()
 
     import torch
@@ -67,14 +68,14 @@ def main() -> None:
         data=DatasetRef(name="bench_add"), prompt="bare", steps=args.steps, prompts_per_step=4, group_size=8,
         max_new_tokens=64, min_new_tokens=64, stop=[], temperature=1.0, top_p=1.0, beta=0.04, epsilon=0.2,
         lr=1e-5, rewards=["variety"], micro_batch_size=32, collapse={"enabled": False},
-        lean_forward=args.lean_forward,
+        lean_forward=args.lean_forward, bf16_autocast=args.bf16 or None,
     )
     run_grpo(cfg, model, work / "out", torch.device("cpu"), progress=False)
     m = read_metrics(work / "out" / "metrics.jsonl")[1:]
     med = lambda k: statistics.median(x[k] for x in m)  # noqa: E731
     print(json.dumps({
         "workload": "grpo 4x8, 64 new tokens, beta 0.04, tiny model",
-        "model": str(model), "steps": args.steps, "lean_forward": args.lean_forward,
+        "model": str(model), "steps": args.steps, "lean_forward": args.lean_forward, "bf16": args.bf16,
         "threads": torch.get_num_threads(),
         "median_step_s": round(med("seconds/step"), 4),
         "generate_s": round(med("seconds/generate"), 4), "score_s": round(med("seconds/score"), 4),

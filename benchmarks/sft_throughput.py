@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--packing", action="store_true", help="pack examples into rows instead of padding")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decoder layers")
+    ap.add_argument("--bf16", action="store_true", help="bf16_autocast: true (bf16 matrix products on a CPU with bf16)")
     args = ap.parse_args()
 
     from srlm.config import SFTConfig
@@ -62,7 +63,7 @@ def main() -> None:
     examples = workload(tok)
     cfg = SimpleNamespace(**SFTConfig(steps=args.steps, batch_size=args.batch, lr=1e-4, loss_on="all",
                                       warmup_ratio=0.0, max_length=1024, packing=args.packing,
-                                      compile=args.compile).model_dump())
+                                      compile=args.compile, bf16_autocast=args.bf16 or None).model_dump())
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         train_supervised(model, tok, examples, cfg, Path(out), device, progress=False, desc="bench")
@@ -73,7 +74,7 @@ def main() -> None:
     tokens = statistics.median(s["tokens"] for s in timed)
     print(json.dumps({
         "benchmark": "sft_throughput", "steps": args.steps, "batch": args.batch, "packing": args.packing,
-        "compile": args.compile,
+        "compile": args.compile, "bf16": args.bf16,
         "tokens_per_s": round(statistics.median(s["tokens_per_s"] for s in timed), 1),
         "median_step_s": round(median_s, 4), "tokens_per_step": tokens,
         "final_loss": round(steps[-1]["loss"], 4), "total_s": round(total, 2), "threads": torch.get_num_threads(),

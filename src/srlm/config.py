@@ -99,6 +99,9 @@ class OptimConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping threshold (L2 norm).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    bf16_autocast: bool | None = Field(
+        None, description="bf16 autocast in training: unset, on GPUs with bf16 only; true, also on a CPU with bf16 "
+        "instructions (avx512_bf16/amx; refused on one without); false, never. In stage keys only when set.")
     micro_batch_tokens: int | None = Field(
         None, ge=1, description="Most tokens (rows x padded length) per forward/backward; a batch above it runs "
         "in several, with the same gradients (memory knob only). Default: what fits 1 GiB of estimated "

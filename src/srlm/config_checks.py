@@ -70,6 +70,13 @@ STAGE_NAMES: dict[str, Callable[[], Iterable[str]]] = {
 }
 
 
+def _bf16_capable() -> bool:
+    import torch
+
+    from srlm.train.optim import cpu_has_bf16
+    return torch.cuda.is_available() or cpu_has_bf16()
+
+
 def closest(name: str, valid: Iterable[str]) -> str:
     match = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.4)
     return f"; did you mean {match[0]!r}?" if match else ""
@@ -157,6 +164,9 @@ def stage_problems(key: str, kind: str, scfg, pipelines: Iterable[str], model_mo
                 out.append(_unknown(f"{key}.{field}", item, valid))
     if getattr(scfg, "data", None) is not None:
         out += dataset_problems(f"{key}.data", scfg.data)
+    if getattr(scfg, "bf16_autocast", None) and not _bf16_capable():
+        out.append(f"{key}.bf16_autocast: true, but this machine has no GPU and its CPU no bf16 instructions "
+                   f"(avx512_bf16 or amx_bf16); leave it unset (null) or set it false")
     if kind == "grpo":
         for field in ("compile", "fsdp"):
             if getattr(scfg, field):

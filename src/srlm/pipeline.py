@@ -124,6 +124,8 @@ EXECUTION_FIELDS = ("compile", "fsdp", "micro_batch_tokens")
 def stage_key(kind: str, scfg, input_key: str, teacher_key: str | None = None) -> str:
     """The content key of a stage: its kind, its config (less EXECUTION_FIELDS) and its input's key."""
     keyed = {k: v for k, v in scfg.model_dump().items() if k not in EXECUTION_FIELDS}
+    if keyed.get("bf16_autocast", 0) is None:  # unset keeps the keys of configs from before the field
+        del keyed["bf16_autocast"]
     if teacher_key is not None:
         keyed["teacher"] = teacher_key
     return content_key({"kind": kind, "config": keyed, "input": input_key})

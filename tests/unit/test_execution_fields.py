@@ -20,7 +20,9 @@ def no_switches(monkeypatch):
 def test_a_stage_key_is_what_it_was_before_the_fields_existed():
     cfg = SFTConfig(lr=3e-4, steps=7)
     # the key as run_stage computed it before `compile` and `fsdp` were fields: the same dump without them
-    before = {k: v for k, v in cfg.model_dump().items() if k not in ("compile", "fsdp", "micro_batch_tokens")}
+    # (and without `bf16_autocast`, which is keyed only when set)
+    before = {k: v for k, v in cfg.model_dump().items()
+              if k not in ("compile", "fsdp", "micro_batch_tokens", "bf16_autocast")}
     assert stage_key("sft", cfg, "tiny:abc") == content_key({"kind": "sft", "config": before, "input": "tiny:abc"})
     on = cfg.model_copy(update={"compile": True, "fsdp": True})
     assert stage_key("sft", on, "tiny:abc") == stage_key("sft", cfg, "tiny:abc")
@@ -55,7 +57,8 @@ def test_grpo_refuses_compile_and_fsdp_at_load():
 def test_micro_batch_tokens_stays_out_of_stage_keys():
     """Added after runs existed, a memory knob (same gradients up to rounding): keys are what they were."""
     cfg = SFTConfig(lr=3e-4, steps=7)
-    before = {k: v for k, v in cfg.model_dump().items() if k not in ("compile", "fsdp", "micro_batch_tokens")}
+    before = {k: v for k, v in cfg.model_dump().items()
+              if k not in ("compile", "fsdp", "micro_batch_tokens", "bf16_autocast")}
     assert stage_key("sft", cfg, "tiny:abc") == content_key({"kind": "sft", "config": before, "input": "tiny:abc"})
     assert stage_key("sft", cfg.model_copy(update={"micro_batch_tokens": 512}), "tiny:abc") == \
         stage_key("sft", cfg, "tiny:abc")

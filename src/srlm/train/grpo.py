@@ -38,7 +38,9 @@ from srlm.train.beside import can_run_beside, run_beside
 from srlm.train.checkpoint import load_resume_checkpoint, save_resume_checkpoint
 from srlm.train.distributed import all_reduce_sum, broadcast_parameters, init_distributed, sum_gradients
 from srlm.train.metrics import MetricsLog, Timer, progress_bar
-from srlm.train.optim import clip_and_step, enable_gradient_checkpointing, make_optimizer, make_scheduler
+from srlm.train.optim import (
+    bf16_autocast_on, clip_and_step, enable_gradient_checkpointing, make_optimizer, make_scheduler,
+)
 from srlm.train.losses import ADVANTAGE_ESTIMATORS, AGGREGATIONS, grpo_loss, rollout_mismatch
 from srlm.train.rollout_batch import completion_logprobs, pad_rollouts
 
@@ -234,7 +236,7 @@ def _start(cfg, model_dir: Path, device: torch.device, d) -> _Run:
     sched = make_scheduler(opt, cfg, cfg.steps * cfg.mu * math.ceil(batch_seqs / minibatch))
     return _Run(cfg, d, model, ref_model, tok, opt, sched, engine, sampling, problems, prompt_ids, pad_id,
                 cfg.reward_weights or [1.0] * len(cfg.rewards),
-                device.type == "cuda" and torch.cuda.is_bf16_supported())
+                bf16_autocast_on(device, cfg.bf16_autocast))
 
 
 def _resume(run: _Run, resume_dir: Path) -> tuple[int, int]:

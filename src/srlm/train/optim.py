@@ -4,9 +4,12 @@ checkpointing, compiled layers): what every training stage sets up the same way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
+
+from srlm.errors import UserError
 
 
 def make_optimizer(model, cfg) -> torch.optim.Optimizer:
@@ -63,10 +66,40 @@ def clip_and_step_tensor(model, opt, sched, max_grad_norm: float) -> torch.Tenso
     return norm.detach()
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on GPUs that support it; plain fp32 elsewhere (CPU bf16 is slower than fp32 there)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 products beat fp32."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(probe is not None for probe in probes):
+        return any(probe() for probe in probes if probe is not None)
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_autocast_on(device: torch.device, setting: bool | None = None) -> bool:
+    """Whether training runs under bf16 autocast (`bf16_autocast` of OptimConfig): None, on GPUs that support
+    bf16 only (on the tiny model's small matrices CPU bf16 is slower than fp32); True, also on a CPU with bf16
+    instructions (the real model's large matrix products run about twice as fast); False, never."""
+    if setting is False:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if setting and device.type == "cpu":
+        if not cpu_has_bf16():
+            raise UserError("bf16_autocast: true, but this CPU has no bf16 instructions (avx512_bf16 or amx_bf16); "
+                            "leave it unset (null) or set it false")
+        return True
+    return False
+
+
+def autocast(device: torch.device, setting: bool | None = None):
+    """bf16 autocast where `bf16_autocast_on` says so; plain fp32 elsewhere."""
+    if bf16_autocast_on(device, setting):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -192,7 +192,7 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
         for k, piece in enumerate(pieces):
             batch = {key: v.to(device) for key, v in collate(piece, pad_id, packing, cfg.max_length).items()}
             gradient_sync(model, d, k == len(pieces) - 1)
-            with autocast(device):
+            with autocast(device, getattr(cfg, "bf16_autocast", None)):
                 loss, stats = step_loss(model, batch, max(n_loss, 1))
             loss.backward()
             loss_sum += loss.detach()
