@@ -77,7 +77,8 @@ def main() -> None:
         "compile": args.compile, "bf16": args.bf16,
         "tokens_per_s": round(statistics.median(s["tokens_per_s"] for s in timed), 1),
         "median_step_s": round(median_s, 4), "tokens_per_step": tokens,
-        "final_loss": round(steps[-1]["loss"], 4), "total_s": round(total, 2), "threads": torch.get_num_threads(),
+        "final_loss": round(steps[-1]["loss"], 4), "losses": [round(s["loss"], 4) for s in steps],
+        "total_s": round(total, 2), "threads": torch.get_num_threads(),
     }))
 
 

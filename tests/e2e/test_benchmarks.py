@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from srlm.tiny import TinySpec, write_tiny_model
+from srlm.train.optim import cpu_has_bf16
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +38,13 @@ def test_sft_throughput_runs(tiny):
 def test_sft_throughput_runs_packed(tiny):
     out = run_benchmark("sft_throughput.py", "--model", str(tiny), "--steps", "2", "--batch", "4", "--packing")
     assert out["tokens_per_s"] > 0 and out["packing"] is True
+
+
+@pytest.mark.skipif(not cpu_has_bf16(),
+                    reason="this CPU has no bf16 instructions (--bf16 is refused there)")
+def test_sft_throughput_runs_under_bf16(tiny):
+    out = run_benchmark("sft_throughput.py", "--model", str(tiny), "--steps", "2", "--batch", "4", "--bf16")
+    assert out["tokens_per_s"] > 0 and out["bf16"] is True
 
 
 def test_grpo_step_runs(tiny):

@@ -69,6 +69,31 @@ def test_stage_keys_change_only_when_it_is_set():
     assert len(keys) == 3
 
 
+def test_the_chunked_head_backward_recomputes_under_the_forwards_autocast():
+    """linear_token_logprobs recomputes its logits in the backward: with the forward's bf16 products, its
+    gradients are those of the plain autocast computation (fp32 products there would not sum to 1 with the
+    forward's log-normaliser)."""
+    from srlm.train.losses import linear_token_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    hidden = (torch.randn(6, 16, generator=g) * 4).requires_grad_()
+    weight = (torch.randn(300, 16, generator=g) * 4).requires_grad_()
+    targets = torch.randint(0, 300, (6,), generator=g)
+    grads = []
+    for chunked in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if chunked:
+                logp = linear_token_logprobs(hidden, weight, None, targets, rows=4)[0]
+            else:
+                z = torch.nn.functional.linear(hidden, weight).float()
+                logp = torch.log_softmax(z, -1).gather(-1, targets[:, None]).squeeze(-1)
+        hidden.grad = weight.grad = None
+        logp.sum().backward()
+        grads.append((hidden.grad.clone(), weight.grad.clone()))
+    (h1, w1), (h2, w2) = grads
+    assert torch.allclose(h1, h2, rtol=1e-2, atol=1e-2) and torch.allclose(w1, w2, rtol=1e-2, atol=1e-2)
+
+
 def _examples(n_tokens, seed=0):
     rng = random.Random(seed)
     out = []

@@ -336,6 +336,14 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return z / temperature if temperature != 1.0 else z
 
 
+def _recomputed_logits(ctx, hidden, weight, bias) -> torch.Tensor:
+    """The forward's chunk logits again, in the backward, with the forward's autocast (bf16 products)."""
+    if ctx.autocast is None:
+        return _chunk_logits(hidden, weight, bias, ctx.temperature)
+    with torch.autocast(ctx.autocast[0], dtype=ctx.autocast[1]):
+        return _chunk_logits(hidden, weight, bias, ctx.temperature)
+
+
 class _LinearTokenLogprobs(torch.autograd.Function):
     """log softmax(linear(hidden) / t)[target] per position, and (without gradient) the entropy there."""
 
@@ -353,6 +361,9 @@ class _LinearTokenLogprobs(torch.autograd.Function):
                 ent[s:s + rows] = lse[s:s + rows] - (torch.softmax(z, dim=-1) * z).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.temperature, ctx.rows = temperature, rows
+        # the backward recomputes the logits: under the forward's autocast, so softmax = exp(z - lse) sums to 1
+        kind = hidden.device.type
+        ctx.autocast = (kind, torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else None
         ctx.mark_non_differentiable(ent)
         return logp, ent
 
@@ -368,7 +379,8 @@ class _LinearTokenLogprobs(torch.autograd.Function):
             h = hidden[s:s + rows]
             g = grad_logp[s:s + rows].float()  # [n]
             # d logp / d z = onehot(target) - softmax(z); z = logits / t
-            dz = torch.exp(_chunk_logits(h, weight, bias, t) - lse[s:s + rows, None]).mul_(-g[:, None])  # [n, V]
+            z = _recomputed_logits(ctx, h, weight, bias)  # [n, V]
+            dz = torch.exp(z - lse[s:s + rows, None]).mul_(-g[:, None])  # [n, V]
             dz.scatter_add_(-1, targets[s:s + rows, None], g[:, None])
             if t != 1.0:
                 dz.div_(t)
