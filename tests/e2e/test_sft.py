@@ -63,6 +63,10 @@ SCRIPT = textwrap.dedent("""
         return model
     supervised.shard_model = recording_shard_model
     run_sft(cfg, sys.argv[1], sys.argv[2], torch.device("cpu"), progress=False)
+    # as `srlm`'s CLI does at the end of a command: leave the process group together (exiting without it,
+    # rank 1 once died of SIGABRT in gloo under a load average of ~15, after training had finished)
+    from srlm.train.distributed import close_process_group
+    close_process_group(True)
 """)
 
 
