@@ -14,6 +14,8 @@ from srlm.grading.rewards import REWARDS
 from srlm.pipeline import run_stage
 from srlm.tiny import TinySpec, write_tiny_model
 
+from conftest import TORCHRUN_ENV, TORCHRUN_TEE, torchrun_failure
+
 pytestmark = pytest.mark.e2e
 
 SPEC = TinySpec(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64)
@@ -92,6 +94,11 @@ if __name__ == "__main__":
         # (SIGABRT, seen once in CI), a race at exit that has nothing to do with the update under test
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        # and skip interpreter teardown: rank 1 still died of SIGABRT once in 16 quiet runs after this
+        # point was added (the message did not show where); gloo's threads can abort a finalizing
+        # interpreter (described in pytorch/pytorch#179291)
+        sys.stdout.flush(); sys.stderr.flush()
+        import os; os._exit(0)
 """
 
 
@@ -107,18 +114,18 @@ def _free_port() -> int:
 def test_two_process_update_equals_one_process(tiny, tmp_path, aggregation):
     script = tmp_path / "ddp_update.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **TORCHRUN_ENV}
     one = subprocess.run([sys.executable, str(script), str(tiny), str(tmp_path / "one.pt"), aggregation],
                          capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *TORCHRUN_TEE,
                           "--master_port", str(_free_port()), str(script), str(tiny), str(tmp_path / "two.pt"), aggregation],
                          capture_output=True, text=True, env=env, timeout=600)
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, torchrun_failure(two.stderr)
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), k
-    sa, sb = json.loads(one.stdout.strip().splitlines()[-1]), json.loads(two.stdout.strip().splitlines()[-1])
+    sa, sb = json.loads(one.stdout.strip().splitlines()[-1]), json.loads(two.stdout.strip().splitlines()[-1].split("]:", 1)[-1])  # teed: "[rank 0]:{...}"
     assert sa["loss"] == pytest.approx(sb["loss"], rel=1e-5, abs=1e-7)
 
 

@@ -17,6 +17,8 @@ from srlm.config import DatasetRef, LoraConfig, SFTConfig
 from srlm.tiny import TinySpec, write_tiny_model
 from srlm.files import read_metrics
 
+from conftest import TORCHRUN_ENV, TORCHRUN_TEE, torchrun_failure
+
 pytestmark = pytest.mark.e2e
 
 SPEC = TinySpec(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64)
@@ -50,7 +52,7 @@ def assert_same_weights(a: Path, b: Path, atol: float = 0.0):
 # ------------------------------------------------------------------------------------------ distributed
 
 SCRIPT = textwrap.dedent("""
-    import json, sys, torch
+    import json, os, sys, torch
     from srlm.config import SFTConfig
     from srlm.train.sft import run_sft
     cfg = SFTConfig.model_validate(json.loads(sys.argv[3]))
@@ -67,17 +69,20 @@ SCRIPT = textwrap.dedent("""
     # rank 1 once died of SIGABRT in gloo under a load average of ~15, after training had finished)
     from srlm.train.distributed import close_process_group
     close_process_group(True)
+    if "RANK" in os.environ:  # under torchrun: no interpreter teardown either (see test_grpo's DDP_SCRIPT)
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(0)
 """)
 
 
 def run_script(tmp_path, model_dir, out, cfg, nproc, env_extra=None):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **TORCHRUN_ENV, **(env_extra or {})}
     args = [str(script), str(model_dir), str(out), cfg.model_dump_json()]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--standalone", *args]
+               "--standalone", *TORCHRUN_TEE, *args]
     else:
         cmd = [sys.executable, *args]
     # own session: on a timeout the launcher *and* its workers are killed, never left behind
@@ -89,7 +94,7 @@ def run_script(tmp_path, model_dir, out, cfg, nproc, env_extra=None):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, torchrun_failure(err) if nproc > 1 else err[-3000:]
 
 
 def test_two_processes_match_one_process(tmp_path, model_dir):
