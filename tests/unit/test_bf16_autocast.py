@@ -3,20 +3,20 @@ GRPO trainers, keeps a step within tolerance of fp32 on the tiny model, is refus
 and enters stage keys only when set."""
 
 import copy
-import random
 
 import pytest
 import torch
 
 import srlm.train.optim as optim
 from srlm.config import GRPOConfig, SFTConfig, load_config
-from srlm.data.collate import IGNORE_INDEX, TokenizedExample
 from srlm.engines.base import Completion
 from srlm.errors import UserError
 from srlm.pipeline import content_key, stage_key
 from srlm.train.distributed import Dist
 from srlm.train.optim import autocast, bf16_autocast_on
 from srlm.train.supervised import collate, sft_step_loss
+
+from test_loop import _examples  # random examples with a prompt part out of the loss
 
 CPU = torch.device("cpu")
 # bf16 keeps 8 bits of mantissa (relative rounding ~0.4% per product); the stated tolerance for one step on the
@@ -92,16 +92,6 @@ def test_the_chunked_head_backward_recomputes_under_the_forwards_autocast():
         grads.append((hidden.grad.clone(), weight.grad.clone()))
     (h1, w1), (h2, w2) = grads
     assert torch.allclose(h1, h2, rtol=1e-2, atol=1e-2) and torch.allclose(w1, w2, rtol=1e-2, atol=1e-2)
-
-
-def _examples(n_tokens, seed=0):
-    rng = random.Random(seed)
-    out = []
-    for n in n_tokens:
-        ids = [rng.randrange(5, 250) for _ in range(n)]
-        p = rng.randrange(1, n)
-        out.append(TokenizedExample(ids, [IGNORE_INDEX] * p + ids[p:]))
-    return out
 
 
 def _grad_norm(model) -> float:
