@@ -5,7 +5,8 @@
 Each workload runs in its own process, so each peak RSS (`ru_maxrss`) is that workload's alone:
 - eval: `srlm eval` on the first 64 GSM8K test problems, one batch of 64, the paper's sampling
   (temperature 0.6, top-p 0.95), at most 256 new tokens -> `eval_peak_gb`, `eval_tokens_per_s` (with
-  `--kv-cache-gb`, as many rows at once as that KV cache holds);
+  `--kv-cache-gb`, as many rows at once as that KV cache holds; with `--dtype bfloat16`, bf16 weights and
+  cache) -> also `eval_accuracy` and `eval_format_rate`, to compare dtypes;
 - sft_full / sft_lora: SFT on GSM8K train in the <think>/<answer> format, batches of 8, at most 512 tokens,
   LoRA r 16 with the paper's dropout 0.05, 3 steps, micro-batches left to the default token budget
   (`micro_batch_tokens`) -> `sft_full_peak_gb`, `sft_lora_peak_gb`, `sft_tokens_per_s` (full, median step
@@ -46,14 +47,14 @@ def gen_prompts(model: Path) -> list[list[int]]:
                                                add_generation_prompt=True), add_special_tokens=False) for r in rows]
 
 
-def run_gen(model: Path) -> dict:
+def run_gen(model: Path, dtype: str) -> dict:
     import torch
 
     from srlm.engines import EngineOptions, build_engine
     from srlm.engines.base import SamplingParams
     from srlm.models import load_model
 
-    lm, tok = load_model(model, torch.device("cpu"), dtype="float32")
+    lm, tok = load_model(model, torch.device("cpu"), dtype=dtype)
     engine, _ = build_engine("hf", EngineOptions(model=str(model), batch_size=32), loaded=(lm.eval(), tok))
     sampling = SamplingParams(max_new_tokens=64, min_new_tokens=64, temperature=1.0, n=4, seed=0)
     t0 = time.perf_counter()
@@ -62,12 +63,12 @@ def run_gen(model: Path) -> dict:
     return {"gen_tokens_per_s": round(sum(len(c.token_ids) for g in out for c in g) / wall, 1)}
 
 
-def run_gen_vllm(model: Path) -> dict:
+def run_gen_vllm(model: Path, dtype: str) -> dict:
     """vLLM's CPU build on the same prompts (imports only vllm: runs in vLLM's own environment)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     import vllm
 
-    llm = vllm.LLM(model=str(model), dtype="float32", seed=0, max_model_len=1024, enforce_eager=True,
+    llm = vllm.LLM(model=str(model), dtype=dtype, seed=0, max_model_len=1024, enforce_eager=True,
                    enable_chunked_prefill=False, gpu_memory_utilization=0.05, kv_cache_memory_bytes=1 << 30)
     prompts = [{"prompt_token_ids": p} for p in gen_prompts(model)]
     params = vllm.SamplingParams(n=4, temperature=1.0, max_tokens=64, min_tokens=64, seed=0)
@@ -81,20 +82,23 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # kB on Linux
 
 
-def run_eval(model: Path, work: Path, kv_cache_gb: float | None) -> dict:
+def run_eval(model: Path, work: Path, kv_cache_gb: float | None, dtype: str) -> dict:
     from srlm.cli import main
 
     out = work / "eval"
     budget = ["--kv-cache-gb", str(kv_cache_gb)] if kv_cache_gb else []
     t0 = time.perf_counter()
     code = main(["eval", "--model", str(model), "--data-path", str(DATA), "--benchmarks", "gsm8k", "--limit", "64",
-                 "--batch-size", "64", "--max-new-tokens", "256", "--out", str(out), "--no-progress", *budget])
+                 "--batch-size", "64", "--max-new-tokens", "256", "--out", str(out), "--no-progress", "--dtype", dtype,
+                 *budget])
     wall = time.perf_counter() - t0
     assert code == 0
     samples = [json.loads(x) for x in (out / "gsm8k" / "samples.jsonl").read_text().splitlines()]
     tokens = sum(s["tokens"] for s in samples)
     return {"eval_peak_gb": round(peak_gb(), 2), "eval_tokens_per_s": round(tokens / wall, 1),
-            "eval_tokens": tokens, "eval_wall_s": round(wall, 1)}
+            "eval_tokens": tokens, "eval_wall_s": round(wall, 1),
+            "eval_accuracy": round(sum(s["correct"] for s in samples) / len(samples), 4),
+            "eval_format_rate": round(sum(s["format_ok"] for s in samples) / len(samples), 4)}
 
 
 def run_sft(model: Path, work: Path, lora: bool) -> dict:
@@ -134,9 +138,9 @@ def run_grpo(model: Path, work: Path) -> dict:
             "grpo_generate_s": round(m[-1]["seconds/generate"], 2), "grpo_train_s": round(m[-1]["seconds/train"], 2)}
 
 
-def child(name: str, model: Path, kv_cache_gb: float | None = None) -> dict:
+def child(name: str, model: Path, kv_cache_gb: float | None = None, dtype: str = "float32") -> dict:
     if name == "gen_vllm":
-        return run_gen_vllm(model)
+        return run_gen_vllm(model, dtype)
     from srlm.cpu import apply_threads
     from srlm.memory import return_freed_memory
 
@@ -145,11 +149,11 @@ def child(name: str, model: Path, kv_cache_gb: float | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"srlm-real-{name}-") as tmp:
         work = Path(tmp)
         if name == "eval":
-            out = run_eval(model, work, kv_cache_gb)
+            out = run_eval(model, work, kv_cache_gb, dtype)
         elif name in ("sft_full", "sft_lora"):
             out = run_sft(model, work, lora=name == "sft_lora")
         elif name == "gen":
-            out = run_gen(model)
+            out = run_gen(model, dtype)
         else:
             out = run_grpo(model, work)
     return {**out, f"{name}_threads": threads}
@@ -162,10 +166,12 @@ def main() -> None:
     ap.add_argument("--vllm-python", help="python of a virtual environment with vLLM's CPU build (gen workload)")
     ap.add_argument("--rounds", type=int, default=1, help="alternations of srlm and vLLM generation")
     ap.add_argument("--kv-cache-gb", type=float, help="eval: `srlm eval --kv-cache-gb` (default: all 64 rows at once)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="eval and gen: weights dtype (srlm's and vLLM's alike)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, Path(args.model), args.kv_cache_gb)))
+        print(json.dumps(child(args.child, Path(args.model), args.kv_cache_gb, args.dtype)))
         return
 
     def in_child(name: str, python: str = sys.executable) -> dict:
@@ -173,6 +179,8 @@ def main() -> None:
         if name == "gen_vllm":
             env.pop("PYTHONPATH")  # vLLM's environment has its own transformers; srlm is not imported there
         budget = ["--kv-cache-gb", str(args.kv_cache_gb)] if args.kv_cache_gb and name == "eval" else []
+        if name in ("eval", "gen", "gen_vllm"):
+            budget += ["--dtype", args.dtype]
         done = subprocess.run([python, __file__, "--model", args.model, "--child", name, *budget], capture_output=True,
                               text=True, env=env)
         if done.returncode != 0:
@@ -181,7 +189,7 @@ def main() -> None:
         print(json.dumps({"workload": name, **part}), file=sys.stderr, flush=True)  # as each one finishes
         return part
 
-    result: dict = {"model": args.model, "load_avg_1m": round(os.getloadavg()[0], 2)}
+    result: dict = {"model": args.model, "dtype": args.dtype, "load_avg_1m": round(os.getloadavg()[0], 2)}
     for name in args.only.split(","):
         if name not in WORKLOADS:
             raise SystemExit(f"unknown workload {name!r}; choose from {WORKLOADS}")

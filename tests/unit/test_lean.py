@@ -200,6 +200,10 @@ def test_lean_decodes_a_half_precision_model_like_transformers(kind, dtype):
         model.model.embed_tokens.weight.mul_(600)  # RMSNorm takes the scale out again
     model = model.to(dtype)
     lean = LeanForward(model)
+    # the model's own projections are read in place, not copied (F.linear on the weight as it is)
+    layer, attn = lean.layers[0], model.model.layers[0].self_attn
+    assert layer["o"].weight.data_ptr() == attn.o_proj.weight.data_ptr()
+    assert layer["down"].weight.data_ptr() == model.model.layers[0].mlp.down_proj.weight.data_ptr()
     ids, mask, pos = _left_padded(3, 9, [0, 4, 2])
     cache = lean.new_cache()
     with torch.no_grad():

@@ -32,3 +32,6 @@ def test_eval_estimate_counts_the_kv_cache_the_lean_forward_allocates():
     fused = sum(p.numel() for n, p in model.named_parameters() if n.endswith(("q_proj.weight", "k_proj.weight",
                "v_proj.weight", "gate_proj.weight", "up_proj.weight")) or n == "lm_head.weight")
     assert lean_copy_bytes(model) >= 4 * fused
+    # half precision: the fused copies and the output layer (norm folded) only; o and down are read in place
+    head = model.lm_head.weight.numel() if "lm_head.weight" not in dict(model.named_parameters()) else 0
+    assert lean_copy_bytes(model.to(torch.bfloat16)) == 2 * (fused + head)

@@ -146,8 +146,10 @@ class Projection:
     32 rows) and up to 2x faster (Qwen2.5-0.5B-sized MLP, 8 rows); a whole decode step of the bench model
     0.98-1.15x as fast, median 1.09x over four runs of `benchmarks/decode_step.py` (on a busy machine the
     gain can vanish). Other row counts (prefill) take the plain product.
-    Elsewhere (GPU, other BLAS) the weight is stored [in, out]: with a few dozen rows, x @ W in that layout
-    runs up to 1.6x faster on CPU than F.linear.
+    fp32 on a CPU without MKL stores the weight [in, out]: with a few dozen rows, x @ W in that layout runs up
+    to 1.6x faster than F.linear there. Half-precision weights and GPUs take F.linear on the weight as it is:
+    bf16 on an AVX-512 CPU runs it as fast as the transposed layout (or faster: the 49k-row output layer,
+    16 rows, 10.7 against 14.1 ms), so the model's own weights (o, down) are read in place, not copied.
 
     With MKL, a weight that the lean forward computed itself (fused, norm folded in: `rebuild` recomputes
     it from the model) is not kept beside its packed copy: the packed copy is the only one, and the few
@@ -157,10 +159,12 @@ class Projection:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None,
                  rebuild: Callable[[], torch.Tensor] | None = None):
-        self.mkl = MKL_PACKING and weight.device.type == "cpu" and weight.dtype == torch.float32
+        fp32_cpu = weight.device.type == "cpu" and weight.dtype == torch.float32
+        self.mkl = MKL_PACKING and fp32_cpu
         self.rebuild = rebuild if self.mkl else None
-        # [out, in] for MKL, else [in, out]; None when `rebuild` recomputes it
-        self.weight = None if self.rebuild else weight if self.mkl else weight.t().contiguous()
+        self.transposed = fp32_cpu and not self.mkl
+        # [in, out] when `transposed`, else [out, in]; None when `rebuild` recomputes it
+        self.weight = None if self.rebuild else weight.t().contiguous() if self.transposed else weight
         # what `_mkl_linear` reads of the plain weight when the packed one serves: its shape and dtype
         self._shape_of_weight = weight.new_zeros(()).expand(weight.shape)
         self.bias = bias
@@ -177,9 +181,11 @@ class Projection:
             self.packed_rows = rows
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.mkl:
+        if self.transposed:
             y = torch.matmul(x, self.weight)
             return y if self.bias is None else y + self.bias
+        if not self.mkl:
+            return F.linear(x, self.weight, self.bias)
         if self.packed is not None and x.numel() // x.shape[-1] == self.packed_rows:
             return torch.ops.mkl._mkl_linear(x, self.packed, self._shape_of_weight, self.bias, self.packed_rows)
         return F.linear(x, self.plain_weight(), self.bias)
@@ -192,8 +198,9 @@ MKL_PACKED_RESIDENT = 1.6
 
 def lean_copy_bytes(model) -> int:
     """Bytes of weights a `LeanForward` of `model` holds beyond the model's own once decoding: the fused
-    q/k/v and gate/up weights and the output layer with the final norm folded in, or, on CPU builds with MKL
-    (fp32), the packed copy of every projection instead (`Projection.pack`)."""
+    q/k/v and gate/up weights and the output layer with the final norm folded in; on CPU builds with MKL
+    (fp32), the packed copy of every projection instead (`Projection.pack`); fp32 on a CPU without MKL, also
+    the transposed o and down weights."""
     inner = model.model
     fused = model.lm_head.weight.numel()
     for layer in inner.layers:
@@ -201,13 +208,13 @@ def lean_copy_bytes(model) -> int:
         fused += sum(p.weight.numel() for p in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj))
     weight = model.lm_head.weight
     size = weight.element_size()
-    packed = 0
-    if MKL_PACKING and weight.device.type == "cpu" and weight.dtype == torch.float32:
-        packed = fused + sum(layer.self_attn.o_proj.weight.numel() + layer.mlp.down_proj.weight.numel()
-                             for layer in inner.layers)
-    if packed:  # the packed copies replace the fused ones (`Projection.rebuild`)
-        return int(MKL_PACKED_RESIDENT * packed * size)
-    return int(fused * size)
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        return int(fused * size)
+    unfused = sum(layer.self_attn.o_proj.weight.numel() + layer.mlp.down_proj.weight.numel()
+                  for layer in inner.layers)
+    if MKL_PACKING:  # the packed copies replace the fused ones (`Projection.rebuild`)
+        return int(MKL_PACKED_RESIDENT * (fused + unfused) * size)
+    return int((fused + unfused) * size)
 
 
 class LeanForward:
