@@ -216,3 +216,15 @@ def test_srlm_run_prints_the_legend_of_the_marks_in_its_accuracy_table(monkeypat
     monkeypatch.setattr(srlm.report_folder, "collect_rows", lambda run_dir: [Row("all", "done", {"gsm8k": _bench(0.5)})])
     assert execute(load_config(None, [f"run_dir={tmp_path}"])) == 0
     assert "§" not in capsys.readouterr().out
+
+
+def test_srlm_eval_marks_an_incomplete_summary_in_its_table_with_the_legend():
+    from srlm.commands.eval import summary_table
+
+    full = {**_bench(0.5), "n_problems": 50, "pass_at_k": {}, "format_rate": 1.0, "extraction_failure_rate": 0.0,
+            "truncation_rate": 0.0, "mean_response_tokens": 10.0}
+    table = summary_table({"benchmarks": {"a": full, "b": {**full, "complete": False}}})
+    a, b = table.splitlines()[1:3]
+    assert "§" not in a and "50.0 ± 1.0 §" in b
+    assert table.splitlines()[-1].startswith("§ the evaluation is incomplete")
+    assert "§" not in summary_table({"benchmarks": {"a": full}})

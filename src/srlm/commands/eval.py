@@ -126,8 +126,9 @@ def _audit_cell(audit: dict | None) -> str:
 
 
 def summary_table(summary: dict) -> str:
-    """Benchmark, problems, accuracy ± se, pass@k, format and extraction-failure rates, as aligned text."""
-    from srlm.report_tables import DAGGER, NO_ANSWER_NOTE
+    """Benchmark, problems, accuracy ± se, pass@k, format and extraction-failure rates, as aligned text, with
+    the report's marks: † no answer extracted, § incomplete (a problem lacks its samples)."""
+    from srlm.report_tables import DAGGER, INCOMPLETE_NOTE, NO_ANSWER_NOTE, SECTION_SIGN, is_complete
 
     rows = [["benchmark", "problems", "accuracy (%)", "pass@k (%)", "format (%)", "no answer (%)",
              "truncated (%)", "loop (%)", "tokens mean / p95", "math-verify / agree (%)"]]
@@ -135,6 +136,8 @@ def summary_table(summary: dict) -> str:
         acc = f"{_pct(s['accuracy'])} ± {_pct(s['accuracy_se'])}"
         if s.get("no_answer"):
             acc = f"{DAGGER} ({acc})"
+        if not is_complete(s):
+            acc = f"{acc} {SECTION_SIGN}"
         passk = " ".join(f"@{k} {_pct(v['value'])}" for k, v in s["pass_at_k"].items() if k != "1") or "-"
         rows.append([name, str(s["n_problems"]), acc, passk, _pct(s["format_rate"]),
                      _pct(s["extraction_failure_rate"]), _pct(s["truncation_rate"]),
@@ -145,6 +148,8 @@ def summary_table(summary: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if any(s.get("no_answer") for s in summary["benchmarks"].values()):
         lines.append(f"{DAGGER} {NO_ANSWER_NOTE}")
+    if not all(is_complete(s) for s in summary["benchmarks"].values()):
+        lines.append(f"{SECTION_SIGN} {INCOMPLETE_NOTE}")
     return "\n".join(lines)
 
 
