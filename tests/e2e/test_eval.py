@@ -109,6 +109,10 @@ def test_eval_refuses_to_mix_settings(model_dir, tmp_path, capsys):
     assert main([*base, "--temperature", "0", "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["settings"]["temperature"] == 0.0
     assert main([*base, "--temperature", "0", "--batch-size", "3"]) == 0  # speed knobs may change
+    capsys.readouterr()
+    assert main([*base, "--temperature", "0", "--dtype", "bfloat16"]) == 2  # the weights' dtype may not
+    err = capsys.readouterr().err
+    assert "other settings" in err and "dtype" in err and "Traceback" not in err
 
 
 def test_merge_shards_orders_dedups_and_removes_shards(tmp_path):
