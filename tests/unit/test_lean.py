@@ -284,3 +284,34 @@ def test_engine_reserves_the_requests_new_tokens(monkeypatch):
     out = engine.generate([[5, 6, 7], [8, 9]], SamplingParams(max_new_tokens=6, temperature=0.0, n=2))
     assert reserves and set(reserves) == {6}
     assert all(len(c.token_ids) == 6 for group in out for c in group)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_a_prefill_of_many_rows_runs_in_row_chunks_into_one_cache(packing, monkeypatch):
+    """More rows than PREFILL_ROWS: the prefill runs a chunk of rows at a time, each writing its rows of one
+    cache allocated up front; logits, cache and the decode steps after it are those of one whole prefill."""
+    monkeypatch.setattr(lean_module, "MKL_PACKING", packing and lean_module.MKL_PACKING)
+    model = _model("qwen2")
+    ids, mask, pos = _left_padded(5, 7, [0, 3, 1, 6, 2])
+    results = []
+    for rows in (100, 2):  # one prefill; chunks of 2, 2 and 1 rows
+        monkeypatch.setattr(lean_module, "PREFILL_ROWS", rows)
+        lean = LeanForward(model)
+        cache = lean.new_cache(reserve=4)
+        with torch.no_grad():
+            logits = [lean(ids, mask, pos, cache)]
+            assert cache.layers[0].width == 7 and cache.layers[0]._k.shape[0] == 5
+            step_ids, step_mask = ids, mask
+            for i in range(3):
+                nxt = logits[-1].argmax(-1, keepdim=True)
+                step_mask = torch.cat([step_mask, torch.ones_like(nxt)], 1)
+                logits.append(lean(nxt, step_mask, pos[:, -1:] + 1 + i, cache))
+        results.append((logits, [layer.keys.clone() for layer in cache.layers]))
+    (whole, whole_keys), (chunked, chunked_keys) = results
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    for a, b in zip(whole_keys, chunked_keys):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+    torch.testing.assert_close(chunked[0], want, atol=1e-5, rtol=1e-5)
