@@ -305,8 +305,9 @@ def eval_engine_options(cfg: RunConfig, path, device):
     e = cfg.eval
     return EngineOptions(model=str(path), device=str(device.type), dtype=e.dtype or cfg.model.dtype,
                          batch_size=e.batch_size, seed=e.seed, base_url=e.base_url,
-                         api_key=os.environ.get("OPENAI_API_KEY"), concurrency=e.concurrency, gpu_memory_utilization=e.gpu_memory_utilization,
-                         kv_cache_gb=e.kv_cache_gb, tensor_parallel_size=e.tensor_parallel_size)
+                         api_key=os.environ.get("OPENAI_API_KEY"), concurrency=e.concurrency,
+                         gpu_memory_utilization=e.gpu_memory_utilization, kv_cache_gb=e.kv_cache_gb,
+                         tensor_parallel_size=e.tensor_parallel_size)
 
 
 def use_data_path(cfg: RunConfig) -> None:
