@@ -1,10 +1,11 @@
 """GRPO step time on the workload of ../shared/bench/README.md, to compare with TRL's GRPOTrainer.
 
-Workload: the bench's tiny model (make_tiny.py), 4 chat-formatted `What is a + b?` prompts per step,
-8 completions each, exactly 64 new tokens, temperature 1, beta 0.04 (reference model on), epsilon 0.2,
-one update per generation batch, lr 1e-5, reward len(set(text)) / 10.
+Workload: the bench's tiny model (make_tiny.py), B chat-formatted `What is a + b?` prompts per step,
+G completions each, exactly L new tokens (B, G, L from the environment as for the bench's trl_grpo.py;
+default 4, 8, 64), temperature 1, beta 0.04 (reference model on), epsilon 0.2, one update per generation
+batch, lr 1e-5, reward len(set(text)) / 10.
 
-    python benchmarks/grpo_step.py [--model DIR] [--steps 8] [--no-lean-forward]
+    [B=4 G=8 L=64] python benchmarks/grpo_step.py [--model DIR] [--steps 8] [--no-lean-forward] [--bf16]
 
 Prints one JSON object: median seconds per step over the steps after the first, and its split into
 generate / score / train. Not a test: timings depend on the machine and what else runs on it.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -64,17 +66,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="srlm-grpo-bench-"))
     register_custom("bench_add", write_prompts(work), question_field="question", answer_field="answer")
     REWARDS["variety"] = lambda text, gold: len(set(text)) / 10.0  # the bench's reward
+    prompts, group, new_tokens = (int(os.environ.get(k, v)) for k, v in (("B", 4), ("G", 8), ("L", 64)))
     cfg = GRPOConfig(
-        data=DatasetRef(name="bench_add"), prompt="bare", steps=args.steps, prompts_per_step=4, group_size=8,
-        max_new_tokens=64, min_new_tokens=64, stop=[], temperature=1.0, top_p=1.0, beta=0.04, epsilon=0.2,
-        lr=1e-5, rewards=["variety"], micro_batch_size=32, collapse={"enabled": False},
+        data=DatasetRef(name="bench_add"), prompt="bare", steps=args.steps, prompts_per_step=prompts,
+        group_size=group, max_new_tokens=new_tokens, min_new_tokens=new_tokens, stop=[], temperature=1.0, top_p=1.0, beta=0.04, epsilon=0.2,
+        lr=1e-5, rewards=["variety"], micro_batch_size=max(32, prompts * group), collapse={"enabled": False},
         lean_forward=args.lean_forward, bf16_autocast=args.bf16 or None,
     )
     run_grpo(cfg, model, work / "out", torch.device("cpu"), progress=False)
     m = read_metrics(work / "out" / "metrics.jsonl")[1:]
     med = lambda k: statistics.median(x[k] for x in m)  # noqa: E731
     print(json.dumps({
-        "workload": "grpo 4x8, 64 new tokens, beta 0.04, tiny model",
+        "workload": f"grpo {prompts}x{group}, {new_tokens} new tokens, beta 0.04",
         "model": str(model), "steps": args.steps, "lean_forward": args.lean_forward, "bf16": args.bf16,
         "threads": torch.get_num_threads(),
         "median_step_s": round(med("seconds/step"), 4),

@@ -100,7 +100,8 @@ class OptimConfig(Strict):
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     bf16_autocast: bool | None = Field(
-        None, description="bf16 autocast in training: unset, on GPUs with bf16 only; true, also on a CPU with bf16 "
+        None, description="bf16 autocast in training, and GRPO's hf-engine rollouts sampled in bf16 (from bf16 "
+        "copies of the policy's weights): unset, on GPUs with bf16 only; true, also on a CPU with bf16 "
         "instructions (avx512_bf16/amx; refused on one without); false, never. In stage keys only when set.")
     micro_batch_tokens: int | None = Field(
         None, ge=1, description="Most tokens (rows x padded length) per forward/backward; a batch above it runs "

@@ -98,13 +98,14 @@ def describe_estimate(stage: str, parts: dict[str, float], tokens: int | str) ->
     return f"{stage}: memory estimate {total:.1f} GB ({detail}; {per}); the manifest records the measured peak"
 
 
-def kv_bytes_per_token(model) -> int:
-    """Bytes one token occupies in a decoding KV cache: keys and values of every layer, in the model's dtype."""
+def kv_bytes_per_token(model, dtype: torch.dtype | None = None) -> int:
+    """Bytes one token occupies in a decoding KV cache: keys and values of every layer, in `dtype` (default:
+    the model's)."""
     cfg = model.config
     heads = int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    dtype = next(model.parameters()).dtype
+    dtype = dtype or next(model.parameters()).dtype
     return 2 * int(cfg.num_hidden_layers) * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
@@ -113,11 +114,12 @@ def rows_within(budget_gb: float, bytes_per_row: int, most: int) -> int:
     return max(1, min(most, int(budget_gb * 1024 ** 3 // max(1, bytes_per_row))))
 
 
-def eval_estimate(model, rows: int, columns: int, lean_copies_gb: float = 0.0) -> dict[str, float]:
+def eval_estimate(model, rows: int, columns: int, lean_copies_gb: float = 0.0,
+                  cache_dtype: torch.dtype | None = None) -> dict[str, float]:
     """GB by part for decoding `rows` rows of up to `columns` tokens each (prompt + new tokens): the
     weights, the lean forward's own weight copies (`LeanForward.extra_bytes`), and the KV cache. An
     estimate of what the tensors hold, not of the interpreter and libraries (about 0.25 GB on CPU)."""
     gb = 1024 ** 3
     weights = sum(_bytes(p.numel(), p.dtype) for p in model.parameters())
     return {"weights": weights / gb, "lean copies": lean_copies_gb,
-            "KV cache": rows * columns * kv_bytes_per_token(model) / gb}
+            "KV cache": rows * columns * kv_bytes_per_token(model, cache_dtype) / gb}

@@ -158,6 +158,7 @@ def test_the_field_reaches_the_sft_and_grpo_trainers(tiny, tmp_path, bf16_cpu, m
     def recording_start(*args):
         run = real_start(*args)
         seen["grpo"] = run.use_bf16  # what every grpo_update of the run is given
+        seen["rollouts"] = run.engine.compute_dtype  # what the rollouts are sampled in
         return run
 
     monkeypatch.setattr(supervised, "autocast", recording_autocast)
@@ -169,5 +170,5 @@ def test_the_field_reaches_the_sft_and_grpo_trainers(tiny, tmp_path, bf16_cpu, m
     gcfg = GRPOConfig(data=DatasetRef(name="synthetic", options={"n": 4}), prompt="tags_brief", steps=1,
                       prompts_per_step=2, group_size=2, max_new_tokens=4, bf16_autocast=True)
     grpo.run_grpo(gcfg, d, tmp_path / "grpo", CPU, progress=False)
-    assert seen == {"sft": True, "grpo": True}
+    assert seen == {"sft": True, "grpo": True, "rollouts": torch.bfloat16}
 

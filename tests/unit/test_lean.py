@@ -159,7 +159,7 @@ def test_lean_training_logprobs_and_gradients_equal_transformers(kind, extra, un
     with torch.no_grad():  # moderate weights: large ones saturate the softmax and hide gradient errors
         for p in model.parameters():
             p.mul_(0.3)
-    assert lean_training_unsupported(model, use_bf16=False) is None
+    assert lean_training_unsupported(model) is None
     batch = _rollout_batch(uniform)
     weights = torch.randn(batch.loss_mask.shape, generator=torch.Generator().manual_seed(2))
 
@@ -179,13 +179,40 @@ def test_lean_training_logprobs_and_gradients_equal_transformers(kind, extra, un
         torch.testing.assert_close(got_grads[name], want, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_lean_training_under_bf16_autocast_stays_near_transformers_under_it(kind):
+    """Under bf16 autocast both forwards run their products in bf16, each rounding in its own places: the
+    log-probs agree to bf16 precision and the gradients point the same way."""
+    from srlm.train.rollout_batch import completion_logprobs
+
+    model = _model(kind).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.3)
+    batch = _rollout_batch(uniform=True)
+    weights = torch.randn(batch.loss_mask.shape, generator=torch.Generator().manual_seed(2))
+
+    def run(lean: bool, use_bf16: bool):
+        model.zero_grad()
+        logp, _ = completion_logprobs(model, batch, temperature=0.7, use_bf16=use_bf16, lean=lean)
+        (logp * weights * batch.loss_mask).sum().backward()
+        return logp.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    exact_logp, _ = run(lean=False, use_bf16=False)
+    want_logp, want_grad = run(lean=False, use_bf16=True)
+    got_logp, got_grad = run(lean=True, use_bf16=True)
+    mask = batch.loss_mask.bool()
+    assert not torch.equal(got_logp[mask], exact_logp[mask])  # bf16 really ran
+    torch.testing.assert_close(got_logp[mask], want_logp[mask], atol=0.05, rtol=0.02)
+    assert (got_grad - want_grad).norm() / want_grad.norm() < 0.05
+
+
 def test_lean_training_declines_what_it_does_not_compute():
     from srlm.train.lean_forward import lean_training_unsupported
 
-    assert "bf16" in lean_training_unsupported(_model("qwen2"), use_bf16=True)
-    assert "dropout" in lean_training_unsupported(_model("qwen2", attention_dropout=0.1).train(), use_bf16=False)
-    assert "float32" in lean_training_unsupported(_model("qwen2").to(torch.bfloat16), use_bf16=False)
-    assert lean_training_unsupported(_model("mistral", sliding_window=16), use_bf16=False) is not None
+    assert "dropout" in lean_training_unsupported(_model("qwen2", attention_dropout=0.1).train())
+    assert "float32" in lean_training_unsupported(_model("qwen2").to(torch.bfloat16))
+    assert lean_training_unsupported(_model("mistral", sliding_window=16)) is not None
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -216,6 +243,40 @@ def test_lean_decodes_a_half_precision_model_like_transformers(kind, dtype):
             ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
             pos = torch.cat([pos, pos[:, -1:] + 1], 1)
             got = lean(nxt, mask, pos[:, -1:], cache)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama", "qwen3"])
+def test_a_float32_model_decoded_in_bf16_is_that_model_in_bf16(kind):
+    """`LeanForward(model, torch.bfloat16)` computes in bf16 from copies of a float32 model's weights (GRPO's
+    rollouts under bf16_autocast): what the model converted to bf16 computes, and the model is untouched."""
+    model = _model(kind, tie_word_embeddings=False, **({"attention_bias": True} if kind == "llama" else {}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+        model.model.embed_tokens.weight.mul_(600)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lean = LeanForward(model, torch.bfloat16)
+    half = LeanForward(_bf16_copy(model))
+    ids, mask, pos = _left_padded(3, 9, [0, 4, 2])
+    cache, half_cache = lean.new_cache(), half.new_cache()
+    with torch.no_grad():
+        got, want = lean(ids, mask, pos, cache), half(ids, mask, pos, half_cache)
+        for _ in range(3):
+            assert got.dtype == torch.bfloat16 and cache.layers[0].keys.dtype == torch.bfloat16
+            # the norm weights fold into the projections before rounding here, after it there: a few bf16 ulps
+            torch.testing.assert_close(got.float(), want.float(), atol=0.05, rtol=0.02)
+            assert torch.equal(got.argmax(-1), want.argmax(-1))
+            nxt = want.argmax(-1, keepdim=True)
+            mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+            pos = torch.cat([pos, pos[:, -1:] + 1], 1)
+            got, want = lean(nxt, mask, pos[:, -1:], cache), half(nxt, mask, pos[:, -1:], half_cache)
+    assert all(torch.equal(v, model.state_dict()[k]) and v.dtype == torch.float32 for k, v in before.items())
+
+
+def _bf16_copy(model):
+    import copy
+
+    return copy.deepcopy(model).to(torch.bfloat16)
 
 
 def test_lean_follows_a_position_dependent_rotary_scaling():
@@ -315,3 +376,27 @@ def test_a_prefill_of_many_rows_runs_in_row_chunks_into_one_cache(packing, monke
     with torch.no_grad():
         want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
     torch.testing.assert_close(chunked[0], want, atol=1e-5, rtol=1e-5)
+
+
+def test_an_engine_decoding_in_bf16_counts_its_cache_and_weight_copies_in_bf16():
+    """Sampling a float32 model in bf16 (`compute_dtype`): the KV budget holds twice the rows of float32 ones,
+    and the lean forward's copies are every weight in bf16."""
+    from types import SimpleNamespace
+
+    from srlm.engines.hf import HFEngine
+    from srlm.engines.lean import lean_copy_bytes
+
+    model = _model("qwen2")
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=1)
+    kv_per_token = 2 * 2 * 2 * 8 * 4  # layers x (K, V) x kv heads x head dim x fp32 bytes
+    budget = 1000 * 100 * kv_per_token / 1024 ** 3  # 1000 fp32 rows of 100 tokens
+    fp32 = HFEngine(model, tok, batch_size=10_000, kv_cache_gb=budget)
+    bf16 = HFEngine(model, tok, batch_size=10_000, kv_cache_gb=budget, compute_dtype=torch.bfloat16)
+    assert fp32.rows_for(100) == 1000 and bf16.rows_for(100) == 2000
+    inner = model.model
+    weights = inner.embed_tokens.weight.numel() + model.lm_head.weight.numel() + sum(
+        m.weight.numel() for layer in inner.layers
+        for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                  layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj))
+    assert lean_copy_bytes(model, torch.bfloat16) == 2 * weights
+    assert lean_copy_bytes(model, torch.float32) == lean_copy_bytes(model)

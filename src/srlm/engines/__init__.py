@@ -40,6 +40,7 @@ class EngineOptions:
     kv_cache_gb: float | None = None
     tensor_parallel_size: int = 1
     in_process: bool = False  # vLLM's model in this process: needed to hand it the trainer's weights
+    compute_dtype: str | None = None  # hf: decode in this dtype from copies of the weights (lean forward)
 
 
 LoadedModel = tuple  # (transformers model, tokenizer) already in memory
@@ -51,7 +52,11 @@ def _hf(opts: EngineOptions, loaded: LoadedModel | None):
     from srlm.models import load_model, resolve_device
 
     model, tok = loaded or load_model(opts.model, resolve_device(opts.device), dtype=opts.dtype)
-    return HFEngine(model, tok, batch_size=opts.batch_size, progress=opts.progress, kv_cache_gb=opts.kv_cache_gb), tok
+    import torch
+
+    compute = getattr(torch, opts.compute_dtype) if opts.compute_dtype else None
+    return HFEngine(model, tok, batch_size=opts.batch_size, progress=opts.progress, kv_cache_gb=opts.kv_cache_gb,
+                    compute_dtype=compute), tok
 
 
 def _vllm(opts: EngineOptions, loaded: LoadedModel | None):

@@ -127,14 +127,17 @@ class HFEngine:
     `generate` call plus its `max_new_tokens`, fits in that many GB (at least one row): the cache is the
     part of decoding memory that grows with the batch (SmolLM2-135M, 64 rows of ~400 tokens: 1.2 GB in
     fp32). Each row samples from its own stream, so the cap changes the speed, not what is sampled.
+    `compute_dtype` (lean forward only) decodes in that dtype from copies of the weights made per `generate`
+    call: GRPO with `bf16_autocast` samples its float32 policy in bf16, as a GPU engine would.
     """
 
     name = "hf"
     stops_repetition = True  # honours SamplingParams.stop_repetition
 
     def __init__(self, model, tokenizer, batch_size: int = 64, progress: bool = False, refill: float = 0.25,
-                 lean: bool = True, kv_cache_gb: float | None = None):
+                 lean: bool = True, kv_cache_gb: float | None = None, compute_dtype: torch.dtype | None = None):
         self.model = model
+        self.compute_dtype = compute_dtype
         self.kv_cache_gb = kv_cache_gb
         self.live_rows = batch_size  # rows decoded together in the current call (`rows_for`)
         self.lean = lean
@@ -190,7 +193,8 @@ class HFEngine:
         self.live_rows = self.rows_for(self._columns([len(p) for p in prompts], sampling.n, sampling.max_new_tokens))
         was_training = self.model.training
         self.model.eval()
-        self._lean = LeanForward(self.model) if self.lean and lean_unsupported(self.model) is None else None
+        self._lean = (LeanForward(self.model, self.compute_dtype) if self.lean and lean_unsupported(self.model) is None
+                      else None)
         try:
             self._decode(prompts, deque(rows), sampling, self._stops(sampling), finish)
         finally:
@@ -205,7 +209,12 @@ class HFEngine:
         """Rows decoded together when each may hold `columns` tokens: `batch_size`, or fewer under `kv_cache_gb`."""
         if self.kv_cache_gb is None:
             return self.batch_size
-        return rows_within(self.kv_cache_gb, columns * kv_bytes_per_token(self.model), self.batch_size)
+        return rows_within(self.kv_cache_gb, columns * kv_bytes_per_token(self.model, self._cache_dtype()),
+                           self.batch_size)
+
+    def _cache_dtype(self) -> torch.dtype | None:
+        """What the KV cache holds: the lean forward's compute dtype when it has one."""
+        return self.compute_dtype if self.lean and lean_unsupported(self.model) is None else None
 
     def _columns(self, prompt_lengths: list[int], n: int, max_new_tokens: int) -> int:
         """The most columns a row's KV cache can reach in a call: the longest prompt plus `max_new_tokens`
@@ -224,8 +233,8 @@ class HFEngine:
         columns = self._columns(prompt_lengths, 1, max_new_tokens)
         rows = min(self.rows_for(columns), len(prompt_lengths) or 1)
         uses_lean = self.lean and lean_unsupported(self.model) is None
-        copies = lean_copy_bytes(self.model) / 1024 ** 3 if uses_lean else 0.0
-        return describe_estimate(stage, eval_estimate(self.model, rows, columns, copies),
+        copies = lean_copy_bytes(self.model, self.compute_dtype) / 1024 ** 3 if uses_lean else 0.0
+        return describe_estimate(stage, eval_estimate(self.model, rows, columns, copies, self._cache_dtype()),
                                  f"{rows} rows x {columns} tokens decoded together")
 
     def _stops(self, sampling: SamplingParams) -> _Stops:

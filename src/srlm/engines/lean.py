@@ -212,22 +212,25 @@ class Projection:
 MKL_PACKED_RESIDENT = 1.6
 
 
-def lean_copy_bytes(model) -> int:
+def lean_copy_bytes(model, dtype: torch.dtype | None = None) -> int:
     """Bytes of weights a `LeanForward` of `model` holds beyond the model's own once decoding: the fused
     q/k/v and gate/up weights and the output layer with the final norm folded in; on CPU builds with MKL
     (fp32), the packed copy of every projection instead (`Projection.pack`); fp32 on a CPU without MKL, also
-    the transposed o and down weights."""
+    the transposed o and down weights. With a `dtype` other than the model's, a copy of every weight in it."""
     inner = model.model
     fused = model.lm_head.weight.numel()
     for layer in inner.layers:
         attn, mlp = layer.self_attn, layer.mlp
         fused += sum(p.weight.numel() for p in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj))
     weight = model.lm_head.weight
+    unfused = sum(layer.self_attn.o_proj.weight.numel() + layer.mlp.down_proj.weight.numel()
+                  for layer in inner.layers)
+    if dtype is not None and dtype != weight.dtype:
+        size = torch.empty((), dtype=dtype).element_size()
+        return int((fused + unfused + inner.embed_tokens.weight.numel()) * size)
     size = weight.element_size()
     if weight.device.type != "cpu" or weight.dtype != torch.float32:
         return int(fused * size)
-    unfused = sum(layer.self_attn.o_proj.weight.numel() + layer.mlp.down_proj.weight.numel()
-                  for layer in inner.layers)
     if MKL_PACKING:  # the packed copies replace the fused ones (`Projection.rebuild`)
         return int(MKL_PACKED_RESIDENT * (fused + unfused) * size)
     return int((fused + unfused) * size)
@@ -238,20 +241,24 @@ class LeanForward:
     same function as the transformers model it was built from (whose weights it reads now)."""
 
     @torch.no_grad()
-    def __init__(self, model):
+    def __init__(self, model, dtype: torch.dtype | None = None):
+        """`dtype`: compute in this dtype from copies of the weights (a float32 policy sampling in bf16, as a
+        GPU engine would: half the weight bytes per decode step); None: the model's own dtype, in place."""
         inner = model.model
-        self.embed = inner.embed_tokens.weight
+        own = inner.embed_tokens.weight.dtype
+        cast = (lambda w: w) if dtype in (None, own) else (lambda w: None if w is None else w.to(dtype))  # noqa: E731
+        self.embed = cast(inner.embed_tokens.weight)
         hidden = self.embed.shape[1]
         # the final RMSNorm's weight is folded into the output layer (see `_unit_rms`)
         self.final_eps = _eps(inner.norm) * hidden
-        head = lambda: _fold_norm(model.lm_head.weight.detach(), inner.norm.weight)  # noqa: E731
+        head = lambda: cast(_fold_norm(model.lm_head.weight.detach(), inner.norm.weight))  # noqa: E731
         self.lm_head = Projection(head(), None, rebuild=head)
         self.rotary = inner.rotary_emb
         # the rotation angles of a static rotary embedding depend on the position only: tabulate them once
         # (a decode step then looks its row up instead of recomputing cos/sin for every token)
         self._static_rope = getattr(self.rotary, "rope_type", "default") in ("default", "linear", "llama3", "yarn")
         self._rotations: torch.Tensor | None = None  # [N, D/2] complex: cos + i sin of each position
-        self.layers = [_fused_layer(layer, hidden) for layer in inner.layers]
+        self.layers = [_fused_layer(layer, hidden, cast) for layer in inner.layers]
         self.projections = [self.lm_head] + [layer[k] for layer in self.layers
                                              for k in ("qkv", "o", "gate_up", "down")]
 
@@ -381,7 +388,9 @@ def _pairs_adjacent(head_dim: int) -> torch.Tensor:
     return torch.arange(head_dim).view(2, head_dim // 2).t().reshape(-1)
 
 
-def _fused_layer(layer, hidden: int) -> dict:
+def _fused_layer(layer, hidden: int, cast: Callable = lambda w: w) -> dict:
+    """One decoder layer's weights as the lean forward uses them, each passed through `cast` (a dtype
+    conversion, or none: then o and down are the model's own tensors)."""
     attn, mlp = layer.self_attn, layer.mlp
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # Qwen3
     head_dim = attn.head_dim
@@ -396,26 +405,27 @@ def _fused_layer(layer, hidden: int) -> dict:
 
     def qkv_weight() -> torch.Tensor:
         weight = torch.cat([attn.q_proj.weight * q_scale, attn.k_proj.weight, attn.v_proj.weight])[rows]
-        return _fold_norm(weight.detach(), layer.input_layernorm.weight)
+        return cast(_fold_norm(weight.detach(), layer.input_layernorm.weight))
 
     def gate_up_weight() -> torch.Tensor:
-        return _fold_norm(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
-                          layer.post_attention_layernorm.weight)
+        return cast(_fold_norm(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                               layer.post_attention_layernorm.weight))
 
     bias = qkv_bias(attn)  # a new tensor (a concatenation): scaled in place
     if bias is not None:
         bias = bias.detach()
         bias[:attn.q_proj.weight.shape[0]] *= q_scale
-        bias = bias[rows]
+        bias = cast(bias[rows])
+    o_bias = None if attn.o_proj.bias is None else attn.o_proj.bias.detach()
     return {
         "qkv": Projection(qkv_weight(), bias, rebuild=qkv_weight),
         "head_dim": head_dim, "heads": n_q, "kv_heads": n_kv,
-        "o": Projection(attn.o_proj.weight.detach(), None if attn.o_proj.bias is None else attn.o_proj.bias.detach()),
-        "q_norm": (q_norm.weight[pairs] * attn.scaling, _eps(q_norm)) if q_norm is not None else None,
-        "k_norm": (k_norm.weight[pairs], _eps(k_norm)) if k_norm is not None else None,
+        "o": Projection(cast(attn.o_proj.weight.detach()), cast(o_bias)),
+        "q_norm": (cast(q_norm.weight[pairs] * attn.scaling), _eps(q_norm)) if q_norm is not None else None,
+        "k_norm": (cast(k_norm.weight[pairs]), _eps(k_norm)) if k_norm is not None else None,
         "eps1": _eps(layer.input_layernorm) * hidden, "eps2": _eps(layer.post_attention_layernorm) * hidden,
         "gate_up": Projection(gate_up_weight(), None, rebuild=gate_up_weight),
-        "down": Projection(mlp.down_proj.weight.detach(), None),
+        "down": Projection(cast(mlp.down_proj.weight.detach()), None),
     }
 
 

@@ -216,7 +216,8 @@ def _start(cfg, model_dir: Path, device: torch.device, d) -> _Run:
         raise UserError("grpo: the dataset has no problems")
     prompt_ids = [tok.encode(render_prompt(tok, cfg.prompt, p["prompt"]), add_special_tokens=False)
                   for p in problems]
-    engine = _rollout_engine(cfg, model, tok, model_dir, device)
+    use_bf16 = bf16_autocast_on(device, cfg.bf16_autocast)
+    engine = _rollout_engine(cfg, model, tok, model_dir, device, use_bf16)
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
                               temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.group_size,
                               stop_token_ids=tuple(stop_token_ids(tok)), stop_strings=tuple(cfg.stop))
@@ -235,8 +236,7 @@ def _start(cfg, model_dir: Path, device: torch.device, d) -> _Run:
     minibatch = cfg.minibatch_size or batch_seqs
     sched = make_scheduler(opt, cfg, cfg.steps * cfg.mu * math.ceil(batch_seqs / minibatch))
     return _Run(cfg, d, model, ref_model, tok, opt, sched, engine, sampling, problems, prompt_ids, pad_id,
-                cfg.reward_weights or [1.0] * len(cfg.rewards),
-                bf16_autocast_on(device, cfg.bf16_autocast))
+                cfg.reward_weights or [1.0] * len(cfg.rewards), use_bf16)
 
 
 def _resume(run: _Run, resume_dir: Path) -> tuple[int, int]:
@@ -310,12 +310,15 @@ def _log_step(log: MetricsLog, bar, last: dict, skip: bool) -> None:
     bar.update(1)
 
 
-def _rollout_engine(cfg, model, tok, model_dir: Path, device: torch.device):
+def _rollout_engine(cfg, model, tok, model_dir: Path, device: torch.device, use_bf16: bool):
     """The engine that samples rollouts. `hf` decodes with the policy module itself (no copy, nothing to
-    sync); `vllm` loads its own copy from the stage's input and gets the weights after each update."""
+    sync), in bf16 under `bf16_autocast` (from bf16 copies of the current weights, made per step: the
+    matrix products are then bf16 in sampling as in training; pi_old stays the trainer's own forward);
+    `vllm` loads its own copy from the stage's input and gets the weights after each update."""
     opts = EngineOptions(model=str(model_dir), batch_size=max(cfg.micro_batch_size, cfg.group_size),
                          seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                         kv_cache_gb=cfg.vllm_kv_cache_gb, in_process=True)
+                         kv_cache_gb=cfg.vllm_kv_cache_gb, in_process=True,
+                         compute_dtype="bfloat16" if use_bf16 else None)
     return build_engine(cfg.engine, opts, loaded=(model, tok))[0]
 
 

@@ -14,8 +14,10 @@ paired, 10 pairs) one day and 0.94 s against 0.96 s (58 ms paired, 10 pairs) ano
 It is not bitwise the transformers forward (fused products sum in another order, grouped attention adds
 the key gradients of a group in another order); `grpo.lean_forward: false` turns it off. Tests compare
 its log-probs, entropies and gradients with transformers' per architecture. Anything `lean_unsupported`
-declines, peft wrappers, checkpointed or sharded models, attention dropout and bf16 autocast keep the
-transformers path.
+declines, peft wrappers, checkpointed or sharded models and attention dropout keep the transformers path.
+Under bf16 autocast its products run in bf16 as the transformers forward's do (the residual stream, norms
+and rotation stay fp32); on SmolLM2-135M it took a GRPO update's training from 18.2 to 16.9 s (one run
+each, 2-core CPU).
 """
 
 from __future__ import annotations
@@ -26,13 +28,11 @@ import torch.nn.functional as F
 from srlm.engines.lean import _eps, _signed, lean_unsupported, qkv_bias
 
 
-def lean_training_unsupported(model, use_bf16: bool) -> str | None:
+def lean_training_unsupported(model) -> str | None:
     """Why `lean_completion_logits` cannot compute `model`'s logits, or None when it can."""
     why = lean_unsupported(model)
     if why:
         return why
-    if use_bf16:
-        return "bf16 autocast"
     if float(getattr(model.config, "attention_dropout", 0.0) or 0.0) > 0 and model.training:
         return "attention dropout"
     if any(type(p) is not torch.nn.Parameter or p.dtype != torch.float32 for p in model.parameters()):
@@ -87,7 +87,8 @@ def lean_completion_logits(model, batch, hidden_only: bool = False) -> torch.Ten
                        qkv_bias(attn))  # [N, (H + 2 Hkv) D]
         qk = qkv[:, :(n_q + n_kv) * d].unflatten(-1, (n_q + n_kv, d))  # [N, H + Hkv, D]
         v = qkv[:, (n_q + n_kv) * d:].unflatten(-1, (n_kv, d))  # [N, Hkv, D]
-        if getattr(attn, "q_norm", None) is not None:  # Qwen3 normalises each head's q and k first
+        if getattr(attn, "q_norm", None) is not None:  # Qwen3 normalises each head's q and k first (in fp32,
+            qk = qk.float()  # as transformers does, also when bf16 autocast made the product bf16)
             qk = torch.cat([F.rms_norm(qk[:, :n_q], (d,), attn.q_norm.weight, _eps(attn.q_norm)),
                             F.rms_norm(qk[:, n_q:], (d,), attn.k_norm.weight, _eps(attn.k_norm))], dim=1)
         qk = qk * cos + qk.roll(d // 2, dims=-1) * sin  # rotary: rotate_half's sign is folded into sin

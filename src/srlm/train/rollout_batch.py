@@ -79,7 +79,7 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float, use_bf16
     with autocast:
         if is_checkpointing(model):
             out = _full_sequence_logits(model, batch, head is not None)
-        elif lean and batch.completion_ids.shape[1] > 1 and lean_training_unsupported(model, use_bf16) is None:
+        elif lean and batch.completion_ids.shape[1] > 1 and lean_training_unsupported(model) is None:
             out = lean_completion_logits(model, batch, hidden_only=head is not None)  # [B, Lc, V or E]
         else:
             out = _shared_prefix_logits(model, batch, head is not None)  # [B, Lc, V or E]
