@@ -15,6 +15,33 @@ def test_freed_memory_setting_only_for_real_sized_models(monkeypatch):
     assert calls == [1]
 
 
+def test_the_setting_bounds_onednns_primitive_cache_unless_the_user_set_it(monkeypatch):
+    """oneDNN compiles a primitive per operand shape; decoding makes a new attention width every step."""
+    mallopt = []
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: type("Libc", (), {"mallopt": lambda *a: mallopt.append(a)}))
+    for preset, want in ((None, str(memory.ONEDNN_PRIMITIVES)), ("512", "512")):
+        monkeypatch.setattr(memory, "_configured", False)
+        if preset is None:
+            monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", preset)
+        memory.return_freed_memory()
+        assert memory.os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == want
+
+
+def test_an_engine_that_loads_a_real_sized_model_returns_freed_memory(monkeypatch):
+    """`srlm eval` builds its engine from a model path: decoding a real-sized model gets the setting too."""
+    import srlm.models as models
+    from srlm.engines import EngineOptions, build_engine
+
+    seen = []
+    big = torch.nn.Linear(8000, 7000, device="meta")
+    monkeypatch.setattr(memory, "return_freed_memory", lambda: seen.append("set"))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: (big, type("Tok", (), {"pad_token_id": 0})()))
+    build_engine("hf", EngineOptions(model="anything", device="cpu"))
+    assert seen == ["set"]
+
+
 def test_eval_estimate_counts_the_kv_cache_the_lean_forward_allocates():
     from srlm.engines.lean import LeanForward, lean_copy_bytes
     from srlm.memory import eval_estimate
