@@ -48,6 +48,8 @@ LoadedModel = tuple  # (transformers model, tokenizer) already in memory
 
 def _hf(opts: EngineOptions, loaded: LoadedModel | None):
     """Decodes with the module itself: `loaded` (a policy being trained, a teacher) or `opts.model` loaded."""
+    import torch
+
     from srlm.engines.hf import HFEngine
     from srlm.memory import return_freed_memory_for
     from srlm.models import load_model, resolve_device
@@ -56,8 +58,6 @@ def _hf(opts: EngineOptions, loaded: LoadedModel | None):
     # decoding allocates and frees logits, masks and caches every step: on a real-sized model, without this
     # the heap keeps them (SmolLM2-135M, 64 GSM8K rows in bf16: `srlm eval` peaked at 1.86 GB against 1.59)
     return_freed_memory_for(model)
-    import torch
-
     compute = getattr(torch, opts.compute_dtype) if opts.compute_dtype else None
     return HFEngine(model, tok, batch_size=opts.batch_size, progress=opts.progress, kv_cache_gb=opts.kv_cache_gb,
                     compute_dtype=compute), tok
