@@ -138,14 +138,15 @@ def run_grpo(model: Path, work: Path) -> dict:
             "grpo_generate_s": round(m[-1]["seconds/generate"], 2), "grpo_train_s": round(m[-1]["seconds/train"], 2)}
 
 
-def child(name: str, model: Path, kv_cache_gb: float | None = None, dtype: str = "float32") -> dict:
+def child(name: str, model: Path, kv_cache_gb: float | None = None, dtype: str = "float32",
+          threads: int | None = None) -> dict:
     if name == "gen_vllm":
         return run_gen_vllm(model, dtype)
     from srlm.cpu import apply_threads
     from srlm.memory import return_freed_memory
 
     return_freed_memory()  # as training stages do for a model of this size (srlm.memory)
-    threads = apply_threads(None)  # the cores free now, as `srlm run` / `srlm eval` do by default
+    threads = apply_threads(threads)  # default: the cores free now, as `srlm run` / `srlm eval` do
     with tempfile.TemporaryDirectory(prefix=f"srlm-real-{name}-") as tmp:
         work = Path(tmp)
         if name == "eval":
@@ -168,10 +169,13 @@ def main() -> None:
     ap.add_argument("--kv-cache-gb", type=float, help="eval: `srlm eval --kv-cache-gb` (default: all 64 rows at once)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="eval and gen: weights dtype (srlm's and vLLM's alike)")
+    ap.add_argument("--threads", type=int, help="srlm's torch threads (default: the cores free at each workload's "
+                    "start, from the 1-minute load average, which still counts a benchmark that just ended; "
+                    "vLLM's CPU build uses every core)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, Path(args.model), args.kv_cache_gb, args.dtype)))
+        print(json.dumps(child(args.child, Path(args.model), args.kv_cache_gb, args.dtype, args.threads)))
         return
 
     def in_child(name: str, python: str = sys.executable) -> dict:
@@ -181,6 +185,8 @@ def main() -> None:
         budget = ["--kv-cache-gb", str(args.kv_cache_gb)] if args.kv_cache_gb and name == "eval" else []
         if name in ("eval", "gen", "gen_vllm"):
             budget += ["--dtype", args.dtype]
+        if args.threads and name != "gen_vllm":
+            budget += ["--threads", str(args.threads)]
         done = subprocess.run([python, __file__, "--model", args.model, "--child", name, *budget], capture_output=True,
                               text=True, env=env)
         if done.returncode != 0:
@@ -199,6 +205,7 @@ def main() -> None:
         rounds = [(in_child("gen"), in_child("gen_vllm", args.vllm_python) if args.vllm_python else {})
                   for _ in range(args.rounds)]  # alternated: both see the same host load
         result["gen_tokens_per_s_rounds"] = [a["gen_tokens_per_s"] for a, _ in rounds]
+        result["gen_threads_rounds"] = [a["gen_threads"] for a, _ in rounds]
         result["gen_tokens_per_s"] = statistics.median(result["gen_tokens_per_s_rounds"])
         if args.vllm_python:
             result["vllm_tokens_per_s_rounds"] = [b["vllm_tokens_per_s"] for _, b in rounds]
