@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--no-lean-forward", dest="lean_forward", action="store_false",
                     help="grpo.lean_forward: false (training passes through the transformers forward)")
     ap.add_argument("--bf16", action="store_true", help="bf16_autocast: true (bf16 matrix products on a CPU with bf16)")
+    ap.add_argument("--micro-batch-tokens", type=int,
+                    help="grpo.micro_batch_tokens (default: the memory budget's, about 1 GiB of activations on CPU)")
     args = ap.parse_args()
 
     import torch
@@ -71,7 +73,7 @@ def main() -> None:
         data=DatasetRef(name="bench_add"), prompt="bare", steps=args.steps, prompts_per_step=prompts,
         group_size=group, max_new_tokens=new_tokens, min_new_tokens=new_tokens, stop=[], temperature=1.0, top_p=1.0, beta=0.04, epsilon=0.2,
         lr=1e-5, rewards=["variety"], micro_batch_size=max(32, prompts * group), collapse={"enabled": False},
-        lean_forward=args.lean_forward, bf16_autocast=args.bf16 or None,
+        lean_forward=args.lean_forward, bf16_autocast=args.bf16 or None, micro_batch_tokens=args.micro_batch_tokens,
     )
     run_grpo(cfg, model, work / "out", torch.device("cpu"), progress=False)
     m = read_metrics(work / "out" / "metrics.jsonl")[1:]
@@ -80,7 +82,7 @@ def main() -> None:
         "workload": f"grpo {prompts}x{group}, {new_tokens} new tokens, beta 0.04",
         "model": str(model), "steps": args.steps, "lean_forward": args.lean_forward, "bf16": args.bf16,
         "threads": torch.get_num_threads(),
-        "median_step_s": round(med("seconds/step"), 4),
+        "micro_batch_tokens": args.micro_batch_tokens, "median_step_s": round(med("seconds/step"), 4),
         "generate_s": round(med("seconds/generate"), 4), "score_s": round(med("seconds/score"), 4),
         "train_s": round(med("seconds/train"), 4),
         "completion_len_mean": m[-1]["completion_len_mean"],
