@@ -71,8 +71,9 @@ def main() -> None:
     prompts, group, new_tokens = (int(os.environ.get(k, v)) for k, v in (("B", 4), ("G", 8), ("L", 64)))
     cfg = GRPOConfig(
         data=DatasetRef(name="bench_add"), prompt="bare", steps=args.steps, prompts_per_step=prompts,
-        group_size=group, max_new_tokens=new_tokens, min_new_tokens=new_tokens, stop=[], temperature=1.0, top_p=1.0, beta=0.04, epsilon=0.2,
-        lr=1e-5, rewards=["variety"], micro_batch_size=max(32, prompts * group), collapse={"enabled": False},
+        group_size=group, max_new_tokens=new_tokens, min_new_tokens=new_tokens, stop=[], temperature=1.0,
+        top_p=1.0, beta=0.04, epsilon=0.2, lr=1e-5, rewards=["variety"], micro_batch_size=max(32, prompts * group),
+        collapse={"enabled": False},
         lean_forward=args.lean_forward, bf16_autocast=args.bf16 or None, micro_batch_tokens=args.micro_batch_tokens,
     )
     run_grpo(cfg, model, work / "out", torch.device("cpu"), progress=False)

@@ -170,8 +170,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="eval and gen: weights dtype (srlm's and vLLM's alike)")
     ap.add_argument("--threads", type=int, help="srlm's torch threads (default: the cores free at each workload's "
-                    "start, from the 1-minute load average, which still counts a benchmark that just ended; "
-                    "vLLM's CPU build uses every core)")
+                    "start, as `srlm run` picks them; vLLM's CPU build uses every core)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
