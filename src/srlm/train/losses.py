@@ -377,7 +377,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
         # the products' dtype: the forward autocast's (bf16), as autocast's own linear does in its backward
         low = ctx.autocast[1] if ctx.autocast is not None else torch.float32
-        w_low = weight.to(low)  # [V, E], cast once for every chunk
+        w_low = weight.to(low) if need_h else None  # [V, E], cast once for every chunk
         for s in range(0, hidden.shape[0], rows):
             h = hidden[s:s + rows]
             g = grad_logp[s:s + rows].float()  # [n]
@@ -387,13 +387,14 @@ class _LinearTokenLogprobs(torch.autograd.Function):
             dz.scatter_add_(-1, targets[s:s + rows, None], g[:, None])
             if t != 1.0:
                 dz.div_(t)
+            dz_low = dz.to(low)  # [n, V]: dz itself in fp32, one cast for both products under autocast
             if need_h:
-                grad_h[s:s + rows] = (dz.to(low) @ w_low).to(hidden.dtype)  # [n, E]
+                grad_h[s:s + rows] = (dz_low @ w_low).to(hidden.dtype)  # [n, E]
             if need_w:
                 if low == torch.float32:
                     grad_w.addmm_(dz.t(), h.float())  # [V, E]
                 else:
-                    grad_w += dz.t().to(low) @ h.to(low)  # [V, E], summed over chunks in fp32
+                    grad_w += dz_low.t() @ h.to(low)  # [V, E], summed over chunks in fp32
             if need_b:
                 grad_b += dz.sum(0)
         return (grad_h, grad_w.to(weight.dtype) if need_w else None,
