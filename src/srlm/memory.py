@@ -50,7 +50,7 @@ def return_freed_memory() -> None:
     _configured = True
     # oneDNN (bf16 products on CPU) keeps a compiled primitive per operand shape, up to 1024 by default. A
     # decode step's attention has a new width every step, so the cache only grows: SmolLM2-135M, 64 GSM8K
-    # rows in bf16 with a 0.3 GB KV budget peaked at 1.56 GB, 1.39 with 64 (read when first used; a value
+    # rows in bf16 with a 0.3 GB KV budget peaked at 1.52 GiB, 1.36 with 64 (read when first used; a value
     # the user set stays)
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVES))
     if not sys.platform.startswith("linux"):

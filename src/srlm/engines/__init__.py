@@ -56,7 +56,7 @@ def _hf(opts: EngineOptions, loaded: LoadedModel | None):
 
     model, tok = loaded or load_model(opts.model, resolve_device(opts.device), dtype=opts.dtype)
     # decoding allocates and frees logits, masks and caches every step: on a real-sized model, without this
-    # the heap keeps them (SmolLM2-135M, 64 GSM8K rows in bf16: `srlm eval` peaked at 1.86 GB against 1.59)
+    # the heap keeps them (SmolLM2-135M, 64 GSM8K rows in bf16: `srlm eval` peaked at 1.82 GiB against 1.59)
     return_freed_memory_for(model)
     compute = getattr(torch, opts.compute_dtype) if opts.compute_dtype else None
     return HFEngine(model, tok, batch_size=opts.batch_size, progress=opts.progress, kv_cache_gb=opts.kv_cache_gb,
