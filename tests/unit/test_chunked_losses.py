@@ -28,15 +28,17 @@ def _grads(out, *tensors):
     return torch.autograd.grad(out, [t for t in tensors if t is not None])
 
 
-@pytest.mark.parametrize("rows", [1, 3, 7, 100])  # chunks that do not divide N, one chunk, one row a chunk
+# chunks that do not divide N, one chunk, one row a chunk; pieces of a chunk that do not divide it, or do
+@pytest.mark.parametrize("rows,piece", [(1, None), (3, None), (7, None), (100, None), (7, 3), (4, 2), (100, 4)])
 @pytest.mark.parametrize("temperature,bias", [(1.0, True), (0.7, False)])
-def test_token_logprobs_and_entropy_match_full_logits(rows, temperature, bias):
+def test_token_logprobs_and_entropy_match_full_logits(rows, piece, temperature, bias):
     w, b = _head(bias=bias)
     hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)  # [B, T, E]
     targets = torch.randint(0, 37, (2, 5))
     targets[1, 3:] = -100  # padding positions: any value, masked later by the caller
     weights = torch.randn(2, 5, dtype=torch.float64)  # an arbitrary upstream gradient, as GRPO's loss gives
-    logp, ent = linear_token_logprobs(hidden, w, b, targets, temperature, with_entropy=True, rows=rows)
+    logp, ent = linear_token_logprobs(hidden, w, b, targets, temperature, with_entropy=True, rows=rows,
+                                      piece=piece)
     logits = F.linear(hidden, w, b)  # [B, T, V]
     want_logp = token_logprobs(logits, targets, temperature)
     torch.testing.assert_close(logp, want_logp.to(logp.dtype), **TOL)

@@ -323,6 +323,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
 # forward and backward (the backward recomputes a chunk's logits: one more product with the output layer).
 
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MB in fp32, whatever the vocabulary
+# The softmax work of `linear_token_logprobs` goes through smaller pieces: a few fp32 passes over each piece
+# then stay in the CPU's last-level cache (16 MB); over 64 MB pieces each pass went to memory, and its
+# elementwise work cost as much as the products (SmolLM2, 49k vocabulary, bf16 products).
+PIECE_ELEMENTS = 1 << 22
 
 
 def chunk_rows(vocab: int, elements: int = CHUNK_ELEMENTS) -> int:
@@ -330,88 +334,113 @@ def chunk_rows(vocab: int, elements: int = CHUNK_ELEMENTS) -> int:
     return max(1, elements // max(vocab, 1))
 
 
-def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+def _low_precision(hidden: torch.Tensor) -> torch.dtype | None:
+    """The dtype of the products under the caller's autocast (bf16 on CPU), or None without autocast."""
+    kind = hidden.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
+def _piece_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   temperature: float) -> torch.Tensor:
-    z = F.linear(hidden, weight, bias).float()  # [n, V]
-    return z / temperature if temperature != 1.0 else z
-
-
-def _recomputed_logits(ctx, hidden, weight, bias) -> torch.Tensor:
-    """The forward's chunk logits again, in the backward, with the forward's autocast (bf16 products)."""
-    if ctx.autocast is None:
-        return _chunk_logits(hidden, weight, bias, ctx.temperature)
-    with torch.autocast(ctx.autocast[0], dtype=ctx.autocast[1]):
-        return _chunk_logits(hidden, weight, bias, ctx.temperature)
+    """fp32 logits / t of one piece of positions [n, V], a fresh tensor that the caller may overwrite.
+    `weight` (and `bias`) are already in the products' dtype; `h` is cast to it."""
+    z = F.linear(h.to(weight.dtype), weight, bias).float()  # [n, V]
+    return z.div_(temperature) if temperature != 1.0 else z
 
 
 class _LinearTokenLogprobs(torch.autograd.Function):
-    """log softmax(linear(hidden) / t)[target] per position, and (without gradient) the entropy there."""
+    """log softmax(linear(hidden) / t)[target] per position, and (without gradient) the entropy there.
+
+    Products in the dtype of the caller's autocast (its bf16 weight made once per pass, not per piece),
+    softmax statistics in fp32. The backward recomputes each piece's logits, writes d logp / d logits for
+    a chunk of `rows` positions into one buffer in the products' dtype, then takes the two products over
+    the chunk: the weight's gradient [V, E] is read and written once per chunk, not once per piece.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, rows, with_entropy):
+    def forward(ctx, hidden, weight, bias, targets, temperature, rows, piece, with_entropy):
         n = hidden.shape[0]
+        low = _low_precision(hidden)
+        w = weight.to(low) if low is not None else weight  # [V, E]
+        b = bias.to(low) if (bias is not None and low is not None) else bias
         logp = hidden.new_empty(n, dtype=torch.float32)  # [N]
         ent = hidden.new_empty(n if with_entropy else 0, dtype=torch.float32)  # [N] or []
         lse = hidden.new_empty(n, dtype=torch.float32)  # [N]
-        for s in range(0, n, rows):
-            z = _chunk_logits(hidden[s:s + rows], weight, bias, temperature)  # [n, V]
-            lse[s:s + rows] = torch.logsumexp(z, dim=-1)
-            logp[s:s + rows] = z.gather(-1, targets[s:s + rows, None]).squeeze(-1) - lse[s:s + rows]
-            if with_entropy:  # H = lse - sum_v p_v z_v
-                ent[s:s + rows] = lse[s:s + rows] - (torch.softmax(z, dim=-1) * z).sum(-1)
+        for s in range(0, n, piece):
+            e = slice(s, s + piece)
+            y = _piece_logits(hidden[e], w, b, temperature)  # [n, V]
+            picked = y.gather(-1, targets[e, None]).squeeze(-1)  # [n]
+            top = y.amax(-1, keepdim=True)  # [n, 1]
+            y.sub_(top)  # y = z - max(z)
+            p = torch.exp(y)  # [n, V], unnormalised
+            total = p.sum(-1)  # [n]
+            lse[e] = top.squeeze(-1) + total.log()
+            logp[e] = picked - lse[e]
+            if with_entropy:  # H = lse - sum_v p_v z_v = log(total) - sum_v p_v y_v / total
+                ent[e] = total.log() - p.mul_(y).sum(-1) / total
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.temperature, ctx.rows = temperature, rows
-        # the backward recomputes the logits: under the forward's autocast, so softmax = exp(z - lse) sums to 1
-        kind = hidden.device.type
-        ctx.autocast = (kind, torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else None
+        ctx.temperature, ctx.rows, ctx.piece, ctx.low = temperature, rows, piece, low
         ctx.mark_non_differentiable(ent)
         return logp, ent
 
     @staticmethod
     def backward(ctx, grad_logp, _grad_ent):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
-        t, rows = ctx.temperature, ctx.rows
+        t, rows, piece, low = ctx.temperature, ctx.rows, ctx.piece, ctx.low
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        # the products' dtype: the forward autocast's (bf16), as autocast's own linear does in its backward;
+        # gradients summed over chunks in fp32 (or the weight's dtype, when wider)
+        prod = low or weight.dtype
+        acc = torch.promote_types(prod, torch.float32)
+        w = weight.to(prod)  # [V, E], cast once for every chunk (no copy without autocast)
+        b = bias.to(prod) if bias is not None else None
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
-        # the products' dtype: the forward autocast's (bf16), as autocast's own linear does in its backward
-        low = ctx.autocast[1] if ctx.autocast is not None else torch.float32
-        w_low = weight.to(low) if need_h else None  # [V, E], cast once for every chunk
-        for s in range(0, hidden.shape[0], rows):
-            h = hidden[s:s + rows]
-            g = grad_logp[s:s + rows].float()  # [n]
-            # d logp / d z = onehot(target) - softmax(z); z = logits / t
-            z = _recomputed_logits(ctx, h, weight, bias)  # [n, V]
-            dz = torch.exp(z - lse[s:s + rows, None]).mul_(-g[:, None])  # [n, V]
-            dz.scatter_add_(-1, targets[s:s + rows, None], g[:, None])
-            if t != 1.0:
-                dz.div_(t)
-            dz_low = dz.to(low)  # [n, V]: dz itself in fp32, one cast for both products under autocast
+        g_all = grad_logp.float()  # [N]
+        n = hidden.shape[0]
+        dz = hidden.new_empty(min(rows, n), weight.shape[0], dtype=prod)  # [rows, V], reused by every chunk
+        for c in range(0, n, rows):
+            m = min(rows, n - c)
+            for s in range(c, c + m, piece):
+                e = slice(s, min(s + piece, c + m))
+                g = g_all[e, None]  # [n, 1]
+                # d logp / d z = onehot(target) - softmax(z), z = logits / t; times g, over t
+                y = _piece_logits(hidden[e], w, b, t)  # [n, V]
+                y.sub_(lse[e, None]).exp_().mul_(-g)
+                y.scatter_add_(-1, targets[e, None], g)
+                if t != 1.0:
+                    y.div_(t)
+                if need_b:
+                    grad_b += y.sum(0)
+                dz[s - c:s - c + y.shape[0]].copy_(y)  # in the products' dtype
+            d, h = dz[:m], hidden[c:c + m].to(prod)
             if need_h:
-                grad_h[s:s + rows] = (dz_low @ w_low).to(hidden.dtype)  # [n, E]
+                grad_h[c:c + m] = (d @ w).to(hidden.dtype)  # [m, E]
             if need_w:
-                if low == torch.float32:
-                    grad_w.addmm_(dz.t(), h.float())  # [V, E]
+                if acc == prod:
+                    grad_w.addmm_(d.t(), h)  # [V, E]
                 else:
-                    grad_w += dz_low.t() @ h.to(low)  # [V, E], summed over chunks in fp32
-            if need_b:
-                grad_b += dz.sum(0)
+                    grad_w += d.t() @ h  # [V, E], a bf16 product summed in fp32
         return (grad_h, grad_w.to(weight.dtype) if need_w else None,
-                grad_b.to(bias.dtype) if need_b else None, None, None, None, None)
+                grad_b.to(bias.dtype) if need_b else None, None, None, None, None, None)
 
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                           targets: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
-                          rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                          rows: int | None = None, piece: int | None = None,
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`token_logprobs` and `token_entropy` of logits = linear(hidden, weight, bias), in chunks of `rows`
-    positions (default `chunk_rows(V)`). hidden [..., E], targets [...] -> log-probs [...] (with gradient
-    for hidden, weight and bias) and entropies [...] (detached) or None."""
+    positions (default `chunk_rows(V)`), whose softmax work goes `piece` positions at a time (default
+    `chunk_rows(V, PIECE_ELEMENTS)`, at most `rows`). hidden [..., E], targets [...] -> log-probs [...]
+    (with gradient for hidden, weight and bias) and entropies [...] (detached) or None."""
     lead = targets.shape
     flat_h = hidden.reshape(-1, hidden.shape[-1])  # [N, E]
     flat_t = targets.reshape(-1).clamp(min=0)  # [N]
-    logp, ent = _LinearTokenLogprobs.apply(flat_h, weight, bias, flat_t, float(temperature),
-                                           rows or chunk_rows(weight.shape[0]), with_entropy)
+    rows = rows or chunk_rows(weight.shape[0])
+    piece = min(rows, piece or chunk_rows(weight.shape[0], PIECE_ELEMENTS))
+    logp, ent = _LinearTokenLogprobs.apply(flat_h, weight, bias, flat_t, float(temperature), rows, piece,
+                                           with_entropy)
     return logp.view(lead), (ent.view(lead) if with_entropy else None)
 
 

@@ -83,8 +83,9 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float, use_bf16
             out = lean_completion_logits(model, batch, hidden_only=head is not None)  # [B, Lc, V or E]
         else:
             out = _shared_prefix_logits(model, batch, head is not None)  # [B, Lc, V or E]
-    if head is not None:
-        return linear_token_logprobs(out, *head, batch.completion_ids, temperature=t, with_entropy=with_entropy)
+        if head is not None:  # under the autocast too: bf16 products, as the model's own output layer would
+            return linear_token_logprobs(out, *head, batch.completion_ids, temperature=t,
+                                         with_entropy=with_entropy)
     logp = token_logprobs(out, batch.completion_ids, temperature=t)  # [B, Lc]
     ent = token_entropy(out.detach(), temperature=t) if with_entropy else None
     return logp, ent
