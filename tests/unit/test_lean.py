@@ -207,6 +207,37 @@ def test_lean_training_under_bf16_autocast_stays_near_transformers_under_it(kind
     assert (got_grad - want_grad).norm() / want_grad.norm() < 0.05
 
 
+@pytest.mark.parametrize("lean", [True, False])
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])  # tied and untied output layers
+def test_a_bf16_frozen_reference_computes_what_autocast_computes_from_fp32(kind, lean):
+    """GRPO's reference under bf16 autocast keeps its linear weights in bf16 (`grpo.frozen_reference`):
+    the same log-probs as the fp32 copy under autocast, which casts those weights to bf16 in every pass."""
+    from srlm.train.grpo import frozen_reference
+    from srlm.train.rollout_batch import completion_logprobs
+
+    model = _model(kind)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.3)
+    fp32_ref, bf16_ref = frozen_reference(model), frozen_reference(model, torch.bfloat16)
+    dtypes = {n: p.dtype for n, p in bf16_ref.named_parameters()}
+    assert dtypes["model.layers.0.self_attn.q_proj.weight"] == dtypes["model.layers.1.mlp.down_proj.weight"] \
+        == torch.bfloat16
+    assert dtypes["model.embed_tokens.weight"] == dtypes["model.norm.weight"] == torch.float32
+    assert dtypes.get("lm_head.weight", torch.float32) == (torch.bfloat16 if kind == "llama" else torch.float32)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the policy is untouched
+    from srlm.train.lean_forward import lean_training_unsupported
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the lean forward takes it under autocast only
+        assert lean_training_unsupported(bf16_ref) is None
+    assert "float32" in lean_training_unsupported(bf16_ref)
+    batch = _rollout_batch(uniform=True)
+    with torch.no_grad():
+        want, _ = completion_logprobs(fp32_ref, batch, temperature=0.7, use_bf16=True, lean=lean)
+        got, _ = completion_logprobs(bf16_ref, batch, temperature=0.7, use_bf16=True, lean=lean)
+    mask = batch.loss_mask.bool()
+    torch.testing.assert_close(got[mask], want[mask], atol=1e-6, rtol=1e-6)
+
+
 def test_lean_training_declines_what_it_does_not_compute():
     from srlm.train.lean_forward import lean_training_unsupported
 
