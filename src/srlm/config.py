@@ -106,7 +106,8 @@ class OptimConfig(Strict):
     micro_batch_tokens: int | None = Field(
         None, ge=1, description="Most tokens (rows x padded length) per forward/backward; a batch above it runs "
         "in several, with the same gradients (memory knob only). Default: what fits 1 GiB of estimated "
-        "activations on a CPU, a quarter of a GPU's memory (srlm.memory.micro_batch_token_budget). Not "
+        "activations on a CPU, a quarter of a GPU's memory (srlm.memory.micro_batch_token_budget; under bf16 "
+        "autocast the estimate counts 2-byte activations, so about 1.8x the tokens). Not "
         "applied under FSDP (every process must run as many forwards). Not in stage keys: same results up to "
         "float rounding.")
     save_every: int = Field(0, ge=0, description="Write a resumable checkpoint every N steps (0: only at the end).")

@@ -62,3 +62,19 @@ def test_eval_estimate_counts_the_kv_cache_the_lean_forward_allocates():
     # half precision: the fused copies and the output layer (norm folded) only; o and down are read in place
     head = model.lm_head.weight.numel() if "lm_head.weight" not in dict(model.named_parameters()) else 0
     assert lean_copy_bytes(model.to(torch.bfloat16)) == 2 * (fused + head)
+
+
+def test_activation_estimate_per_token_by_precision_and_checkpointing():
+    """SmolLM2-135M's shape, by hand: 30 layers x (7 x 576 + 3 x 1536) fp32 numbers per token; under bf16
+    autocast 2 x 576 of them stay 4 bytes and the rest are 2; checkpointing keeps 576 fp32 numbers a layer."""
+    model = type("M", (), {"config": type("C", (), {"num_hidden_layers": 30, "hidden_size": 576,
+                                                    "intermediate_size": 1536})()})()
+    assert memory.activation_bytes_per_token(model) == 30 * (7 * 576 + 3 * 1536) * 4 == 1_036_800
+    assert memory.activation_bytes_per_token(model, low_precision=True) == 30 * (2 * 576 * 4 + (5 * 576 + 3 * 1536) * 2)
+    assert memory.activation_bytes_per_token(model, checkpointing=True) == 30 * 576 * 4
+    cpu = torch.device("cpu")
+    fp32, bf16 = (memory.micro_batch_token_budget(model, cpu, low_precision=x) for x in (False, True))
+    assert fp32 == memory.CPU_ACTIVATION_BUDGET // 1_036_800 == 1035 and bf16 == (1 << 30) // 587_520 == 1827
+    model.parameters = lambda: iter([torch.nn.Parameter(torch.zeros(10))])
+    parts = memory.training_estimate(model, 1000, low_precision=True)
+    assert parts["activations"] == 1000 * 587_520 / 1024 ** 3 and parts["weights"] == 40 / 1024 ** 3

@@ -225,11 +225,12 @@ def _start(cfg, model_dir: Path, device: torch.device, d) -> _Run:
     return_freed_memory_for(model)
     if d.main:
         longest = max(map(len, prompt_ids)) + cfg.max_new_tokens
-        budget = cfg.micro_batch_tokens or micro_batch_token_budget(model, device, cfg.gradient_checkpointing)
+        budget = cfg.micro_batch_tokens or micro_batch_token_budget(model, device, cfg.gradient_checkpointing,
+                                                                    use_bf16)
         rows = max(1, min(cfg.micro_batch_size, cfg.prompts_per_step * cfg.group_size, budget // longest))
         tokens = rows * longest
         print(describe_estimate("grpo", training_estimate(model, tokens, int(ref_model is not None),
-                                                          cfg.gradient_checkpointing), tokens),
+                                                          cfg.gradient_checkpointing, use_bf16), tokens),
               file=sys.stderr, flush=True)
     opt = make_optimizer(model, cfg)
     batch_seqs = cfg.prompts_per_step * cfg.group_size
@@ -448,7 +449,7 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
     device = next(model.parameters()).device
     n_local = len(seqs)
     halves = can_run_beside(device) and not d.sharded and not _draws_random_numbers(model)
-    chunks, units = _micro_batches(n_local, _rows_per_micro_batch(model, seqs, cfg, d), halves)
+    chunks, units = _micro_batches(n_local, _rows_per_micro_batch(model, seqs, cfg, d, use_bf16), halves)
     padded = [pad_rollouts([seqs[i] for i in ch], pad_id, cfg.mask_truncated).to(device) for ch in chunks]
     minibatch = cfg.minibatch_size or cfg.prompts_per_step * cfg.group_size  # global sequences per update
     local_mb = minibatch // d.world
@@ -479,14 +480,14 @@ def grpo_update(model, ref_model, opt, sched, seqs, advantages, cfg, pad_id: int
     return _update_stats(totals, n_updates, n_tok, d)
 
 
-def _rows_per_micro_batch(model, seqs, cfg, d) -> int:
+def _rows_per_micro_batch(model, seqs, cfg, d, use_bf16: bool = False) -> int:
     """`micro_batch_size`, fewer where that many rows of the longest sequence would pass `micro_batch_tokens`
     (its default from the model's estimated activations). FSDP's forwards are collectives that every process
     must run as many times: there, `micro_batch_size` alone."""
     if d.sharded or not seqs:
         return cfg.micro_batch_size
     device = next(model.parameters()).device
-    budget = cfg.micro_batch_tokens or micro_batch_token_budget(model, device, cfg.gradient_checkpointing)
+    budget = cfg.micro_batch_tokens or micro_batch_token_budget(model, device, cfg.gradient_checkpointing, use_bf16)
     longest = max(len(p) for p, _ in seqs) + max(len(c.token_ids) for _, c in seqs)  # rows pad to this
     return max(1, min(cfg.micro_batch_size, budget // longest))
 

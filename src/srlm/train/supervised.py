@@ -38,8 +38,8 @@ from srlm.train.distributed import (
 )
 from srlm.train.metrics import MetricsLog, progress_bar
 from srlm.train.optim import (
-    autocast, clip_and_step_tensor, compile_layers, compile_requested, enable_gradient_checkpointing,
-    make_optimizer, make_scheduler,
+    autocast, bf16_autocast_on, clip_and_step_tensor, compile_layers, compile_requested,
+    enable_gradient_checkpointing, make_optimizer, make_scheduler,
 )
 from srlm.train.losses import linear_cross_entropy, selected_cross_entropy
 from srlm.train.output_layer import decoder, plain_head
@@ -154,14 +154,17 @@ def train_supervised(model, tok, examples: list[TokenizedExample], cfg, out_dir:
     if compile_requested(cfg):
         compile_layers(model)
     model.train()
-    budget = cfg.micro_batch_tokens or micro_batch_token_budget(model, device, cfg.gradient_checkpointing)
+    low_precision = bf16_autocast_on(device, getattr(cfg, "bf16_autocast", None))
+    budget = cfg.micro_batch_tokens or micro_batch_token_budget(model, device, cfg.gradient_checkpointing,
+                                                                low_precision)
     broadcast_parameters(model, d)
     model = shard_model(model, d, cfg.fsdp)
     return_freed_memory_for(model)
     if d.main:
         longest = min(cfg.max_length, max(len(e.input_ids) for e in examples))
         tokens = max(longest, min(budget, cfg.batch_size * longest))
-        print(describe_estimate(desc, training_estimate(model, tokens, checkpointing=cfg.gradient_checkpointing),
+        print(describe_estimate(desc, training_estimate(model, tokens, checkpointing=cfg.gradient_checkpointing,
+                                                        low_precision=low_precision),
                                 tokens), file=sys.stderr, flush=True)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, steps)
