@@ -65,17 +65,18 @@ def _bytes(numel: int, dtype: torch.dtype) -> float:
     return numel * torch.empty((), dtype=dtype).element_size()
 
 
-def training_estimate(model, tokens: int, extra_weight_copies: int = 0, checkpointing: bool = False,
+def training_estimate(model, tokens: int, extra_weights=None, checkpointing: bool = False,
                       low_precision: bool = False) -> dict[str, float]:
-    """GB by part for a training step over `tokens` tokens per micro-batch: the weights (plus copies, such
-    as GRPO's frozen reference), gradients and AdamW's two moments of the trainable parameters, and the
-    activations autograd keeps (`activation_bytes_per_token`; `low_precision`: under bf16 autocast). An
-    estimate, not a bound."""
+    """GB by part for a training step over `tokens` tokens per micro-batch: the weights (with those of
+    `extra_weights`, a model such as GRPO's frozen reference, in its own dtypes), gradients and AdamW's two
+    moments of the trainable parameters, and the activations autograd keeps (`activation_bytes_per_token`;
+    `low_precision`: under bf16 autocast). An estimate, not a bound."""
     params = list(model.parameters())
-    weights = sum(_bytes(p.numel(), p.dtype) for p in params)
+    extra = list(extra_weights.parameters()) if extra_weights is not None else []
+    weights = sum(_bytes(p.numel(), p.dtype) for p in params + extra)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     gb = 1024 ** 3
-    return {"weights": weights * (1 + extra_weight_copies) / gb, "gradients + AdamW": 3 * trainable * 4 / gb,
+    return {"weights": weights / gb, "gradients + AdamW": 3 * trainable * 4 / gb,
             "activations": tokens * activation_bytes_per_token(model, checkpointing, low_precision) / gb}
 
 
@@ -83,8 +84,8 @@ def activation_bytes_per_token(model, checkpointing: bool = False, low_precision
     """Bytes autograd keeps per token of a training forward: about 7 hidden-size and 3 MLP-size vectors per
     layer in fp32; under bf16 autocast (`low_precision`) the products' inputs it keeps are 2-byte copies, so
     only the residual stream's 2 (the norms' inputs) stay 4 bytes; with gradient checkpointing one
-    hidden-size fp32 vector per layer. (SmolLM2-135M GRPO under bf16, 4 x 4 x 256: micro-batches of ~1,000
-    tokens peaked at 5.41 GB, of 1,800 at 5.67, and the step took 50.5 -> 45.7 s.)"""
+    hidden-size fp32 vector per layer. Counting bf16 activations at 4 bytes made micro-batches half the
+    size they can be, each paying its fixed costs (docs/real-model.md)."""
     cfg = getattr(model, "config", None)
     layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)

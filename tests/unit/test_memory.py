@@ -78,3 +78,5 @@ def test_activation_estimate_per_token_by_precision_and_checkpointing():
     model.parameters = lambda: iter([torch.nn.Parameter(torch.zeros(10))])
     parts = memory.training_estimate(model, 1000, low_precision=True)
     assert parts["activations"] == 1000 * 587_520 / 1024 ** 3 and parts["weights"] == 40 / 1024 ** 3
+    reference = torch.nn.Linear(4, 4, bias=False).to(torch.bfloat16)  # GRPO's frozen reference, in its dtype
+    assert memory.training_estimate(model, 1000, reference)["weights"] == (40 + 32) / 1024 ** 3

@@ -229,8 +229,8 @@ def _start(cfg, model_dir: Path, device: torch.device, d) -> _Run:
                                                                     use_bf16)
         rows = max(1, min(cfg.micro_batch_size, cfg.prompts_per_step * cfg.group_size, budget // longest))
         tokens = rows * longest
-        print(describe_estimate("grpo", training_estimate(model, tokens, int(ref_model is not None),
-                                                          cfg.gradient_checkpointing, use_bf16), tokens),
+        print(describe_estimate("grpo", training_estimate(model, tokens, ref_model, cfg.gradient_checkpointing,
+                                                          use_bf16), tokens),
               file=sys.stderr, flush=True)
     opt = make_optimizer(model, cfg)
     batch_seqs = cfg.prompts_per_step * cfg.group_size

@@ -5,16 +5,16 @@ Why: on a small model on CPU, GRPO's training passes (policy forward and backwar
 mostly many element-wise ops over large activations, and the transformers module stack adds its own
 (mask building, repeated keys for grouped-query attention, per-layer Python). This computes the same
 function with fewer, larger ops: prompt and completion rows go through each projection in one product,
-and attention is grouped-query sdpa that never repeats keys. (q/k/v and gate/up were one product each,
-from weights joined per call: autograd then kept that joined copy of the weights until the backward, in
-each half-batch's pass; SmolLM2-135M's fp32 GRPO peak went 5.12 -> 4.71 GB without it, no slower.) On the bench's tiny
+and attention is grouped-query sdpa that never repeats keys. Each projection runs on its own parameter:
+weights joined per call into one q/k/v (or gate/up) product were a copy that autograd kept until the
+backward, in every pass (docs/real-model.md has what it cost). On the bench's tiny
 model (2 CPU cores) a whole GRPO update took 557-605 ms against 579-692 ms through transformers on a quiet
 host; on hosts loaded by other tenants, in-process pairs gave medians of 1.26 s against 1.51 s (265 ms
 paired, 10 pairs) one day and 0.94 s against 0.96 s (58 ms paired, 10 pairs) another.
 
 It is not bitwise the transformers forward (products over more rows sum in another order, grouped
-attention adds the key gradients of a group in another order); `grpo.lean_forward: false` turns it off. Tests compare
-its log-probs, entropies and gradients with transformers' per architecture. Anything `lean_unsupported`
+attention adds the key gradients of a group in another order); `grpo.lean_forward: false` turns it off.
+Tests compare its log-probs, entropies and gradients with transformers' per architecture. Anything `lean_unsupported`
 declines, peft wrappers, checkpointed or sharded models and attention dropout keep the transformers path.
 Under bf16 autocast its products run in bf16 as the transformers forward's do (the residual stream, norms
 and rotation stay fp32); on SmolLM2-135M it took a GRPO update's training from 18.2 to 16.9 s (one run

@@ -374,10 +374,11 @@ class _LinearTokenLogprobs(torch.autograd.Function):
             y.sub_(top)  # y = z - max(z)
             p = torch.exp(y)  # [n, V], unnormalised
             total = p.sum(-1)  # [n]
-            lse[e] = top.squeeze(-1) + total.log()
+            log_total = total.log()  # [n]
+            lse[e] = top.squeeze(-1) + log_total
             logp[e] = picked - lse[e]
             if with_entropy:  # H = lse - sum_v p_v z_v = log(total) - sum_v p_v y_v / total
-                ent[e] = total.log() - p.mul_(y).sum(-1) / total
+                ent[e] = log_total - p.mul_(y).sum(-1) / total
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.temperature, ctx.rows, ctx.piece, ctx.low = temperature, rows, piece, low
         ctx.mark_non_differentiable(ent)
@@ -414,10 +415,11 @@ class _LinearTokenLogprobs(torch.autograd.Function):
                 if need_b:
                     grad_b += y.sum(0)
                 dz[s - c:s - c + y.shape[0]].copy_(y)  # in the products' dtype
-            d, h = dz[:m], hidden[c:c + m].to(prod)
+            d = dz[:m]
             if need_h:
                 grad_h[c:c + m] = (d @ w).to(hidden.dtype)  # [m, E]
             if need_w:
+                h = hidden[c:c + m].to(prod)  # [m, E]
                 if acc == prod:
                     grad_w.addmm_(d.t(), h)  # [V, E]
                 else:
