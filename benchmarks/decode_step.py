@@ -1,11 +1,13 @@
-"""Decode-step time of the lean forward, with MKL's pre-packed weights and with plain products.
+"""Decode-step time of the lean forward with each way it can hold the weights: fused copies packed by MKL,
+fused copies with plain products, and the model's own weights (in place, no copy).
 
     python benchmarks/decode_step.py [--model DIR] [--rows 32] [--width 96] [--rounds 4]
 
-Runs one decode step (every row adds one token to a `width`-column cache) many times, alternating the two
-kinds of products so that both see the same machine state, and prints one JSON object with the median
-microseconds per step of each. Default model: ../shared/bench/make_tiny.py's (the GRPO bench's). Not a
-test: timings depend on the machine and what else runs on it.
+Runs one decode step (every row adds one token to a `width`-column cache) many times, alternating the
+kinds so that all see the same machine state, and prints one JSON object with the median microseconds per
+step of each and which one the lean forward picks for this model by default (`IN_PLACE_MIN_PARAMS`).
+Default model: ../shared/bench/make_tiny.py's (the GRPO bench's). Not a test: timings depend on the
+machine and what else runs on it.
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ def main() -> None:
     positions = torch.arange(w)[None].expand(b, -1)
     step_ids, step_pos = torch.randint(0, vocab, (b, 1)), torch.full((b, 1), w)
 
-    def time_steps(packing: bool) -> float:
-        lean.MKL_PACKING = packing and available
-        forward = lean.LeanForward(model)
+    def time_steps(kind: str) -> float:
+        lean.MKL_PACKING = kind == "packed" and available
+        forward = lean.LeanForward(model, in_place=kind == "in_place")
         cache = forward.new_cache()
         forward(ids, mask[:, :w], positions, cache)
         width = cache.layers[0].width
@@ -65,15 +67,17 @@ def main() -> None:
             step()
         return (time.perf_counter() - t) / args.steps * 1e6
 
-    runs: dict[str, list[float]] = {"packed": [], "plain": []}
+    runs: dict[str, list[float]] = {"packed": [], "plain": [], "in_place": []}
     for _ in range(args.rounds):
-        runs["packed"].append(time_steps(True))
-        runs["plain"].append(time_steps(False))
-    packed, plain = statistics.median(runs["packed"]), statistics.median(runs["plain"])
+        for kind, times in runs.items():
+            times.append(time_steps(kind))
+    median = {kind: statistics.median(times) for kind, times in runs.items()}
     print(json.dumps({
         "model": str(model_dir), "rows": b, "width": w, "threads": torch.get_num_threads(),
-        "mkl_packing_available": available, "packed_step_us": round(packed, 1), "plain_step_us": round(plain, 1),
-        "speedup": round(plain / packed, 3),
+        "mkl_packing_available": available, "default": "in_place" if lean.decodes_in_place(model) else "fused",
+        **{f"{kind}_step_us": round(us, 1) for kind, us in median.items()},
+        "speedup": round(median["plain"] / median["packed"], 3),
+        "in_place_vs_plain": round(median["plain"] / median["in_place"], 3),
     }))
 
 

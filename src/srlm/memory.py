@@ -139,9 +139,10 @@ def rows_within(budget_gb: float, bytes_per_row: int, most: int) -> int:
 def eval_estimate(model, rows: int, columns: int, lean_copies_gb: float = 0.0,
                   cache_dtype: torch.dtype | None = None) -> dict[str, float]:
     """GB by part for decoding `rows` rows of up to `columns` tokens each (prompt + new tokens): the
-    weights, the lean forward's own weight copies (`LeanForward.extra_bytes`), and the KV cache. An
-    estimate of what the tensors hold, not of the interpreter and libraries (about 0.25 GB on CPU)."""
+    weights, the lean forward's own weight copies (`engines.lean.lean_copy_bytes`; left out when it makes
+    none), and the KV cache. An estimate of what the tensors hold, not of the interpreter and libraries
+    (about 0.25 GB on CPU)."""
     gb = 1024 ** 3
     weights = sum(_bytes(p.numel(), p.dtype) for p in model.parameters())
-    return {"weights": weights / gb, "lean copies": lean_copies_gb,
-            "KV cache": rows * columns * kv_bytes_per_token(model, cache_dtype) / gb}
+    copies = {"lean copies": lean_copies_gb} if lean_copies_gb else {}
+    return {"weights": weights / gb, **copies, "KV cache": rows * columns * kv_bytes_per_token(model, cache_dtype) / gb}

@@ -71,7 +71,8 @@ def test_grading_runs(tmp_path):
 def test_decode_step_runs(tiny):
     out = run_benchmark("decode_step.py", "--model", str(tiny), "--rows", "4", "--width", "8", "--rounds", "1",
                         "--steps", "3")
-    assert out["packed_step_us"] > 0 and out["plain_step_us"] > 0 and out["rows"] == 4
+    assert out["packed_step_us"] > 0 and out["plain_step_us"] > 0 and out["in_place_step_us"] > 0
+    assert out["rows"] == 4 and out["default"] == "fused"  # a small model keeps its fused copies
 
 
 def test_stop_repetition_runs(tiny):

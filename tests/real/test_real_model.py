@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from srlm.engines.lean import LeanForward, lean_unsupported
@@ -29,7 +30,8 @@ def test_chat_template_and_greedy_answer(real_model):
     assert "5" in tok.decode(out[0, x.shape[1]:])
 
 
-def test_lean_forward_equals_transformers_on_this_architecture(real_model):
+@pytest.mark.parametrize("in_place", [True, False])  # its default (a real-sized model) and the fused copies
+def test_lean_forward_equals_transformers_on_this_architecture(real_model, in_place):
     model, tok = real_model
     assert lean_unsupported(model) is None
     texts = ["Natalia sold clips to 48 of her friends.", "2 + 2 ="]
@@ -38,7 +40,8 @@ def test_lean_forward_equals_transformers_on_this_architecture(real_model):
     ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    lean = LeanForward(model)
+    lean = LeanForward(model, in_place=in_place)
+    assert lean.in_place == in_place
     with torch.no_grad():
         got = lean(ids, mask, pos, lean.new_cache())  # [B, V]
         want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]

@@ -34,14 +34,15 @@ def _left_padded(batch: int, width: int, pads: list[int]):
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-@pytest.mark.parametrize("packing", [True, False])  # MKL's pre-packed products (where available) or plain ones
+# MKL's pre-packed products (where available), plain products on fused copies, or the model's own weights
+@pytest.mark.parametrize("weights", ["packed", "fused", "in_place"])
 @pytest.mark.parametrize("kind,extra", [("qwen2", {}), ("llama", {"attention_bias": True}), ("llama", {}),
                                         ("qwen3", {}), ("mistral", {"sliding_window": None})])
-def test_lean_prefill_and_decode_logits_equal_transformers(kind, extra, packing, monkeypatch):
-    monkeypatch.setattr(lean_module, "MKL_PACKING", packing and lean_module.MKL_PACKING)
+def test_lean_prefill_and_decode_logits_equal_transformers(kind, extra, weights, monkeypatch):
+    monkeypatch.setattr(lean_module, "MKL_PACKING", weights == "packed" and lean_module.MKL_PACKING)
     model = _model(kind, **extra)
     assert lean_unsupported(model) is None
-    lean = LeanForward(model)
+    lean = LeanForward(model, in_place=weights == "in_place")
     ids, mask, pos = _left_padded(3, 9, [0, 4, 2])
     cache = lean.new_cache()
     with torch.no_grad():
@@ -246,9 +247,10 @@ def test_lean_training_declines_what_it_does_not_compute():
     assert lean_training_unsupported(_model("mistral", sliding_window=16)) is not None
 
 
+@pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
-def test_lean_decodes_a_half_precision_model_like_transformers(kind, dtype):
+def test_lean_decodes_a_half_precision_model_like_transformers(kind, dtype, in_place):
     """Half-precision weights: the RMSNorm statistic and the rotation run in fp32 as in transformers (in
     fp16 the sum of squares of these activations, norm about 500, would overflow)."""
     model = _model(kind, tie_word_embeddings=False)
@@ -257,11 +259,14 @@ def test_lean_decodes_a_half_precision_model_like_transformers(kind, dtype):
             p.mul_(0.5)
         model.model.embed_tokens.weight.mul_(600)  # RMSNorm takes the scale out again
     model = model.to(dtype)
-    lean = LeanForward(model)
+    lean = LeanForward(model, in_place=in_place)
     # the model's own projections are read in place, not copied (F.linear on the weight as it is)
     layer, attn = lean.layers[0], model.model.layers[0].self_attn
     assert layer["o"].weight.data_ptr() == attn.o_proj.weight.data_ptr()
     assert layer["down"].weight.data_ptr() == model.model.layers[0].mlp.down_proj.weight.data_ptr()
+    if in_place:  # and so are all the others
+        assert layer["q"].weight.data_ptr() == attn.q_proj.weight.data_ptr()
+        assert lean.lm_head.weight.data_ptr() == model.lm_head.weight.data_ptr()
     ids, mask, pos = _left_padded(3, 9, [0, 4, 2])
     cache = lean.new_cache()
     with torch.no_grad():

@@ -64,6 +64,27 @@ def test_eval_estimate_counts_the_kv_cache_the_lean_forward_allocates():
     assert lean_copy_bytes(model.to(torch.bfloat16)) == 2 * (fused + head)
 
 
+def test_a_real_sized_model_decodes_from_its_own_weights(monkeypatch):
+    """At `IN_PLACE_MIN_PARAMS` parameters, on a CPU, the lean forward copies no weight, and the estimate
+    counts none; decoding it in another dtype still copies every weight into that dtype."""
+    from srlm.engines import lean as lean_module
+    from srlm.tiny import TinySpec, build_model
+
+    model = build_model(TinySpec(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, max_positions=256),
+                        300, 0, 1).eval()
+    params = sum(p.numel() for p in model.parameters())
+    monkeypatch.setattr(lean_module, "IN_PLACE_MIN_PARAMS", params)
+    lean = lean_module.LeanForward(model)
+    assert lean.in_place and lean_module.lean_copy_bytes(model) == 0
+    assert lean.layers[0]["gate"].weight.data_ptr() == model.model.layers[0].mlp.gate_proj.weight.data_ptr()
+    assert not lean_module.LeanForward(model, torch.bfloat16).in_place
+    assert lean_module.lean_copy_bytes(model, torch.bfloat16) > 2 * params - 2 * 300 * 64  # all but the norms
+    monkeypatch.setattr(lean_module, "IN_PLACE_MIN_PARAMS", params + 1)
+    assert not lean_module.decodes_in_place(model)
+    monkeypatch.setattr(lean_module, "IN_PLACE_MIN_PARAMS", params)
+    assert not lean_module.decodes_in_place(model.to("meta"))  # off a CPU the fused copies stay
+
+
 def test_activation_estimate_per_token_by_precision_and_checkpointing():
     """SmolLM2-135M's shape, by hand: 30 layers x (7 x 576 + 3 x 1536) fp32 numbers per token; under bf16
     autocast 2 x 576 of them stay 4 bytes and the rest are 2; checkpointing keeps 576 fp32 numbers a layer."""

@@ -5,12 +5,13 @@ Why: at decode time a small model's step is a handful of small matrix products, 
 module stack (per-layer Python, mask building, a KV cache that is concatenated anew at every token)
 costs as much again: on the bench's tiny model (2 CPU cores, 32 rows) a decode step took 12-15 ms, of
 which the products are about 3 ms, against about 6.5 ms here (5.5 ms with packed weights). This computes
-the same function from the same live weights with fewer ops: fused q/k/v and gate/up projections (fewer,
-larger products) that also carry the RMSNorm weights, the rotary embedding as one complex product,
-grouped-query attention that never repeats keys, and a KV cache with spare capacity that tokens are
-written into. On CPU builds with MKL the products use weights that MKL has packed once for
-the decode batch's row count (see `Projection`). It reads the weights at construction, so an engine
-builds one per `generate` call and always decodes the current policy.
+the same function from the same live weights with fewer ops: the rotary embedding as one complex product,
+grouped-query attention that never repeats keys, a KV cache with spare capacity that tokens are written
+into, and, for small models, fused q/k/v and gate/up projections (fewer, larger products) that also carry
+the RMSNorm weights, which on CPU builds with MKL are packed once for the decode batch's row count (see
+`Projection`). Real-sized models (`IN_PLACE_MIN_PARAMS`) decode from the model's own weights, copying
+none: their copies cost more memory than the weights and saved no measurable time. It reads the weights
+at construction, so an engine builds one per `generate` call and always decodes the current policy.
 
 Anything it does not recognise (another architecture, sliding windows, other activations, peft
 wrappers) is reported by `lean_unsupported` and the engine keeps the transformers forward.
@@ -151,6 +152,14 @@ def _mkl_packing_available() -> bool:
 
 MKL_PACKING = _mkl_packing_available()
 
+# Models this size or larger decode from their own weights on a CPU (`LeanForward(in_place=...)`): for
+# SmolLM2-135M the fused copies (0.37 GB in fp32) and MKL's packed ones (0.79 GB) cost more memory than the
+# weights, made a decode step no faster within this machine's noise (8-64 rows), and cost time to build
+# and pack in every generate call; on the bench's 2M-parameter model the fused products are 15-25% faster
+# per step (fewer, larger products) and their copies are small. On a GPU the copies are a small part of
+# its memory and the fused products fewer kernel launches: they stay.
+IN_PLACE_MIN_PARAMS = 50_000_000
+
 
 class Projection:
     """`x @ W.T + b` for one (fused) linear weight `W` [out, in], by the fastest route the machine has.
@@ -171,11 +180,13 @@ class Projection:
     it from the model) is not kept beside its packed copy: the packed copy is the only one, and the few
     products that need the plain weight (prefill, packing) recompute it and let it go. SmolLM2-135M: 0.37 GB
     less, the cost of recomputing about that of packing.
+
+    `in_place`: the plain product on the weight as it is, never a copy (`LeanForward`'s in-place mode).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None,
-                 rebuild: Callable[[], torch.Tensor] | None = None):
-        fp32_cpu = weight.device.type == "cpu" and weight.dtype == torch.float32
+                 rebuild: Callable[[], torch.Tensor] | None = None, in_place: bool = False):
+        fp32_cpu = weight.device.type == "cpu" and weight.dtype == torch.float32 and not in_place
         self.mkl = MKL_PACKING and fp32_cpu
         self.rebuild = rebuild if self.mkl else None
         self.transposed = fp32_cpu and not self.mkl
@@ -212,11 +223,22 @@ class Projection:
 MKL_PACKED_RESIDENT = 1.6
 
 
+def decodes_in_place(model, dtype: torch.dtype | None = None) -> bool:
+    """Whether a `LeanForward(model, dtype)` computes from the model's own weights (by default): a model
+    of `IN_PLACE_MIN_PARAMS` parameters or more, on a CPU, in its own dtype."""
+    embed = model.model.embed_tokens.weight
+    return (embed.device.type == "cpu" and dtype in (None, embed.dtype)
+            and sum(p.numel() for p in model.parameters()) >= IN_PLACE_MIN_PARAMS)
+
+
 def lean_copy_bytes(model, dtype: torch.dtype | None = None) -> int:
-    """Bytes of weights a `LeanForward` of `model` holds beyond the model's own once decoding: the fused
-    q/k/v and gate/up weights and the output layer with the final norm folded in; on CPU builds with MKL
-    (fp32), the packed copy of every projection instead (`Projection.pack`); fp32 on a CPU without MKL, also
-    the transposed o and down weights. With a `dtype` other than the model's, a copy of every weight in it."""
+    """Bytes of weights a `LeanForward` of `model` holds beyond the model's own once decoding: none when it
+    decodes in place (`decodes_in_place`); else the fused q/k/v and gate/up weights and the output layer
+    with the final norm folded in; on CPU builds with MKL (fp32), the packed copy of every projection
+    instead (`Projection.pack`); fp32 on a CPU without MKL, also the transposed o and down weights. With a
+    `dtype` other than the model's, a copy of every weight in it."""
+    if decodes_in_place(model, dtype):
+        return 0
     inner = model.model
     fused = model.lm_head.weight.numel()
     for layer in inner.layers:
@@ -241,26 +263,34 @@ class LeanForward:
     same function as the transformers model it was built from (whose weights it reads now)."""
 
     @torch.no_grad()
-    def __init__(self, model, dtype: torch.dtype | None = None):
+    def __init__(self, model, dtype: torch.dtype | None = None, in_place: bool | None = None):
         """`dtype`: compute in this dtype from copies of the weights (a float32 policy sampling in bf16, as a
-        GPU engine would: half the weight bytes per decode step); None: the model's own dtype, in place."""
+        GPU engine would: half the weight bytes per decode step); None: the model's own dtype.
+        `in_place`: compute from the model's own weights, no copy of any (the model's own dtype only);
+        None: `decodes_in_place`."""
         inner = model.model
         own = inner.embed_tokens.weight.dtype
         cast = (lambda w: w) if dtype in (None, own) else (lambda w: None if w is None else w.to(dtype))  # noqa: E731
+        self.in_place = decodes_in_place(model, dtype) if in_place is None else in_place and dtype in (None, own)
         self.embed = cast(inner.embed_tokens.weight)
         hidden = self.embed.shape[1]
-        # the final RMSNorm's weight is folded into the output layer (see `_unit_rms`)
         self.final_eps = _eps(inner.norm) * hidden
-        head = lambda: cast(_fold_norm(model.lm_head.weight.detach(), inner.norm.weight))  # noqa: E731
-        self.lm_head = Projection(head(), None, rebuild=head)
+        if self.in_place:
+            self.final_norm = _scaled_norm(inner.norm.weight)
+            self.lm_head = Projection(model.lm_head.weight.detach(), None, in_place=True)
+        else:  # the final RMSNorm's weight is folded into the output layer (see `_unit_rms`)
+            self.final_norm = None
+            head = lambda: cast(_fold_norm(model.lm_head.weight.detach(), inner.norm.weight))  # noqa: E731
+            self.lm_head = Projection(head(), None, rebuild=head)
         self.rotary = inner.rotary_emb
         # the rotation angles of a static rotary embedding depend on the position only: tabulate them once
         # (a decode step then looks its row up instead of recomputing cos/sin for every token)
         self._static_rope = getattr(self.rotary, "rope_type", "default") in ("default", "linear", "llama3", "yarn")
         self._rotations: torch.Tensor | None = None  # [N, D/2] complex: cos + i sin of each position
-        self.layers = [_fused_layer(layer, hidden, cast) for layer in inner.layers]
-        self.projections = [self.lm_head] + [layer[k] for layer in self.layers
-                                             for k in ("qkv", "o", "gate_up", "down")]
+        self.layers = [_in_place_layer(layer) if self.in_place else _fused_layer(layer, hidden, cast)
+                       for layer in inner.layers]
+        self.projections = [self.lm_head] + [p for layer in self.layers for p in layer.values()
+                                             if isinstance(p, Projection)]
 
     def new_cache(self, reserve: int | None = None) -> LeanCache:
         """An empty cache; `reserve`: the most tokens a request will append after its prompt."""
@@ -309,10 +339,9 @@ class LeanForward:
             bias.masked_fill_(~allowed, -big)
             bias = bias[:, None]  # [B, 1, S, W]
         for layer, layer_cache in zip(self.layers, cache.layers):
-            x = x + _attention(layer, _unit_rms(x, layer["eps1"]), rotation, bias, layer_cache)
-            gate, up = layer["gate_up"](_unit_rms(x, layer["eps2"])).chunk(2, dim=-1)  # [B, S, I] each
-            x = x + layer["down"](F.silu(gate) * up)
-        return self.lm_head(_unit_rms(x[:, -1], self.final_eps))  # [B, V]
+            x = x + _attention(layer, _normed(x, layer["eps1"], layer["norm1"]), rotation, bias, layer_cache)
+            x = x + _mlp(layer, _normed(x, layer["eps2"], layer["norm2"]))
+        return self.lm_head(_normed(x[:, -1], self.final_eps, self.final_norm))  # [B, V]
 
     def _pack_for(self, rows: int) -> None:
         """Pack the weights for decode steps of `rows` rows, unless they are. At once when the row count
@@ -366,6 +395,18 @@ def _fold_norm(weight: torch.Tensor, norm_weight: torch.Tensor) -> torch.Tensor:
     W (w * x / rms(x)) = (W diag(w sqrt(n))) (x / rms(x) / sqrt(n)). Computed in fp32."""
     scale = norm_weight.float() * norm_weight.shape[0] ** 0.5
     return (weight.float() * scale[None, :]).to(weight.dtype)
+
+
+def _scaled_norm(norm_weight: torch.Tensor) -> torch.Tensor:
+    """An RMSNorm weight [n] times sqrt(n), to multiply `_unit_rms`'s output by when it is not folded into
+    the next projection's weight (computed in fp32, stored in the weight's dtype)."""
+    return (norm_weight.detach().float() * norm_weight.shape[0] ** 0.5).to(norm_weight.dtype)
+
+
+def _normed(x: torch.Tensor, eps_times_n: float, scaled_weight: torch.Tensor | None) -> torch.Tensor:
+    """RMSNorm of `x`: `_unit_rms`, times the norm's weight unless the next projection carries it (None)."""
+    h = _unit_rms(x, eps_times_n)
+    return h if scaled_weight is None else h * scaled_weight
 
 
 def _eps(norm) -> float:
@@ -424,9 +465,45 @@ def _fused_layer(layer, hidden: int, cast: Callable = lambda w: w) -> dict:
         "q_norm": (cast(q_norm.weight[pairs] * attn.scaling), _eps(q_norm)) if q_norm is not None else None,
         "k_norm": (cast(k_norm.weight[pairs]), _eps(k_norm)) if k_norm is not None else None,
         "eps1": _eps(layer.input_layernorm) * hidden, "eps2": _eps(layer.post_attention_layernorm) * hidden,
+        "norm1": None, "norm2": None,  # folded into qkv and gate_up
         "gate_up": Projection(gate_up_weight(), None, rebuild=gate_up_weight),
         "down": Projection(cast(mlp.down_proj.weight.detach()), None),
     }
+
+
+def _in_place_layer(layer) -> dict:
+    """One decoder layer's weights as the lean forward uses them without copying any: separate q, k, v,
+    gate and up products on the model's own weights, the RMSNorm weights applied to the activations, the
+    attention's scaling applied to the scores, q and k put in rotary-pair order after their product."""
+    attn, mlp = layer.self_attn, layer.mlp
+    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # Qwen3
+    head_dim = attn.head_dim
+
+    def own(linear) -> Projection:
+        return Projection(linear.weight.detach(), None if linear.bias is None else linear.bias.detach(), in_place=True)
+
+    return {
+        "q": own(attn.q_proj), "k": own(attn.k_proj), "v": own(attn.v_proj), "o": own(attn.o_proj),
+        "pairs": _pairs_adjacent(head_dim), "scale": attn.scaling,
+        "head_dim": head_dim, "heads": attn.q_proj.weight.shape[0] // head_dim,
+        "kv_heads": attn.k_proj.weight.shape[0] // head_dim,
+        "q_norm": (q_norm.weight.detach(), _eps(q_norm)) if q_norm is not None else None,
+        "k_norm": (k_norm.weight.detach(), _eps(k_norm)) if k_norm is not None else None,
+        "norm1": _scaled_norm(layer.input_layernorm.weight),
+        "norm2": _scaled_norm(layer.post_attention_layernorm.weight),
+        "eps1": _eps(layer.input_layernorm) * attn.q_proj.weight.shape[1],
+        "eps2": _eps(layer.post_attention_layernorm) * attn.q_proj.weight.shape[1],
+        "gate": own(mlp.gate_proj), "up": own(mlp.up_proj), "down": own(mlp.down_proj),
+    }
+
+
+def _mlp(layer: dict, h: torch.Tensor) -> torch.Tensor:
+    """The SwiGLU MLP of `h` [B, S, E] (normalised)."""
+    if "gate_up" in layer:
+        gate, up = layer["gate_up"](h).chunk(2, dim=-1)  # [B, S, I] each
+    else:
+        gate, up = layer["gate"](h), layer["up"](h)
+    return layer["down"](F.silu(gate) * up)
 
 
 def _attention(layer: dict, h: torch.Tensor, rotation: torch.Tensor, bias: torch.Tensor,
@@ -435,12 +512,20 @@ def _attention(layer: dict, h: torch.Tensor, rotation: torch.Tensor, bias: torch
     `bias` is [B Hkv, 1, W] for a decode step (S = 1), else [B, 1, S, W]."""
     b, s, _ = h.shape
     d, n_q, n_kv = layer["head_dim"], layer["heads"], layer["kv_heads"]
-    qkv = layer["qkv"](h)  # [B, S, (H + 2 Hkv) D]; q already carries the 1/sqrt(D) scaling
-    qk = qkv[..., :(n_q + n_kv) * d].unflatten(-1, (n_q + n_kv, d))  # [B, S, H + Hkv, D], pairs adjacent
-    v = qkv[..., (n_q + n_kv) * d:].unflatten(-1, (n_kv, d)).transpose(1, 2)  # [B, Hkv, S, D]
+    scale = 1.0
+    if "qkv" in layer:
+        qkv = layer["qkv"](h)  # [B, S, (H + 2 Hkv) D]; q already carries the 1/sqrt(D) scaling
+        qk = qkv[..., :(n_q + n_kv) * d].unflatten(-1, (n_q + n_kv, d))  # [B, S, H + Hkv, D], pairs adjacent
+        v = qkv[..., (n_q + n_kv) * d:].unflatten(-1, (n_kv, d)).transpose(1, 2)  # [B, Hkv, S, D]
+    else:  # the model's own weights: q unscaled, the scaling goes into the scores
+        scale = layer["scale"]
+        qk = torch.cat([layer["q"](h), layer["k"](h)], dim=-1).unflatten(-1, (n_q + n_kv, d))  # [B, S, H + Hkv, D]
+        v = layer["v"](h).unflatten(-1, (n_kv, d)).transpose(1, 2)  # [B, Hkv, S, D]
     if layer["q_norm"] is not None:  # Qwen3 normalises each head's q and k before the rotation
         qk = torch.cat([F.rms_norm(qk[:, :, :n_q], (d,), *layer["q_norm"]),
                         F.rms_norm(qk[:, :, n_q:], (d,), *layer["k_norm"])], dim=2)
+    if "pairs" in layer:  # the model's own q and k weights: their outputs put in rotary-pair order here
+        qk = qk[..., layer["pairs"]]
     # rotary position embedding of q and k at once: each pair (x1, x2) is the complex number x1 + i x2,
     # turned by cos + i sin: (x1 cos - x2 sin, x2 cos + x1 sin), transformers' x * cos + rotate_half(x) * sin
     pairs = torch.view_as_complex(qk.float().unflatten(-1, (d // 2, 2)))  # [B, S, H + Hkv, D/2]
@@ -448,12 +533,12 @@ def _attention(layer: dict, h: torch.Tensor, rotation: torch.Tensor, bias: torch
     q, k = qk[:, :, :n_q].transpose(1, 2), qk[:, :, n_q:].transpose(1, 2)  # [B, H, S, D], [B, Hkv, S, D]
     keys, values = cache.append(k, v)  # [B, Hkv, W, D]
     if s > 1:  # prefill: the fused kernel never holds all [B, H, S, W] scores (long prompts, big batches)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=1.0, enable_gqa=True)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale, enable_gqa=True)
         return layer["o"](out.transpose(1, 2).reshape(b, s, -1))  # [B, S, E]
     # query heads j*G .. (j+1)*G-1 share kv head j: group them instead of repeating the keys, and add the
     # padding bias inside the product
     qg = q.reshape(b * n_kv, n_q // n_kv, d)  # [B Hkv, G, D]
-    scores = torch.baddbmm(bias, qg, keys.flatten(0, 1).transpose(1, 2))  # [B Hkv, G, W]
+    scores = torch.baddbmm(bias, qg, keys.flatten(0, 1).transpose(1, 2), alpha=scale)  # [B Hkv, G, W]
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     out = torch.bmm(probs, values.flatten(0, 1))  # [B Hkv, G, D]: heads in order
     return layer["o"](out.view(b, 1, n_q * d))
