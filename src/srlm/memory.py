@@ -1,11 +1,12 @@
-"""Process memory: an allocator setting that lets freed activations leave the process, and the estimate a
-training stage prints when it starts (its manifest records the measured peak).
+"""Process memory: an allocator setting that lets freed activations leave the process, the estimate a
+training stage prints when it starts, and the measured peak its manifest records.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import sys
 
 import torch
@@ -59,6 +60,36 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
     except (OSError, AttributeError):  # not glibc (musl): nothing to set
         pass
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start measuring a new peak (`peak_memory_gb`): CUDA's allocator statistics; on Linux, the process's
+    peak resident set (VmHWM, which writing 5 to /proc/self/clear_refs sets to the current RSS). Why: stages
+    run one after another in one `srlm run` process, and `ru_maxrss` only grows, so each stage would record
+    the largest peak of every stage before it."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or /proc read-only: the peak stays the process's so far
+        pass
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """GiB: on CUDA, the most allocated since `reset_peak_memory`; on a CPU, the process's peak resident set
+    since `reset_peak_memory` (VmHWM), or since the process started where /proc has none (`ru_maxrss`)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 def _bytes(numel: int, dtype: torch.dtype) -> float:

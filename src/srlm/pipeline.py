@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import re
-import resource
 import sys
 import time
 import traceback
@@ -37,6 +36,7 @@ from srlm import progress as run_progress
 from srlm.config import RunConfig, pipeline_seeds, pipeline_stages, pipeline_start
 from srlm.errors import NonFiniteLoss, UserError
 from srlm.faults import fault_point
+from srlm.memory import peak_memory_gb, reset_peak_memory
 from srlm.models import resolve_device
 from srlm.train.distributed import init_distributed
 from srlm.files import atomic_write_json, atomic_write_text
@@ -71,12 +71,6 @@ def device_description(device: torch.device) -> tuple[str, int]:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device), max(1, torch.cuda.device_count())
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)", 1
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 @dataclass
@@ -153,8 +147,7 @@ def run_stage(kind: str, scfg, input_path, input_key: str, run_dir: Path, device
                 "output": {"checkpoint": str(Path(rel) / "checkpoint"), "key": f"{kind}-{key}"},
                 "status": "running", "started": time.time(), "attempts": (manifest or {}).get("attempts", 0) + 1}
     atomic_write_json(stage_dir / "manifest.json", manifest)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     t0 = time.perf_counter()
     try:
         summary = _stage_runners()[kind](scfg, Path(input_path), stage_dir, device, progress)

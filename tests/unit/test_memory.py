@@ -101,3 +101,31 @@ def test_activation_estimate_per_token_by_precision_and_checkpointing():
     assert parts["activations"] == 1000 * 587_520 / 1024 ** 3 and parts["weights"] == 40 / 1024 ** 3
     reference = torch.nn.Linear(4, 4, bias=False).to(torch.bfloat16)  # GRPO's frozen reference, in its dtype
     assert memory.training_estimate(model, 1000, reference)["weights"] == (40 + 32) / 1024 ** 3
+
+
+def _clear_refs_writable() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def test_a_stages_peak_is_its_own_not_the_largest_of_the_stages_before_it():
+    """`srlm run` runs its stages in one process and `ru_maxrss` only grows: a stage after a big one would
+    record the big one's peak. `reset_peak_memory` starts a new peak (Linux: VmHWM)."""
+    import pytest
+
+    if not _clear_refs_writable():
+        pytest.skip("this system cannot reset a process's peak RSS (/proc/self/clear_refs)")
+    cpu = torch.device("cpu")
+    big = torch.ones(80_000_000)  # 0.3 GiB, every page touched; freed straight back to the kernel (mmap)
+    del big
+    earlier_peak = memory.peak_memory_gb(cpu)
+    memory.reset_peak_memory(cpu)
+    small = torch.ones(10_000_000)  # 0.04 GiB
+    own_peak = memory.peak_memory_gb(cpu)
+    del small
+    assert own_peak < earlier_peak - 0.2
+    assert own_peak > 0
