@@ -224,10 +224,8 @@ def _start(cfg, model_dir: Path, device: torch.device, d) -> _Run:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return_freed_memory_for(model)
     if d.main:
-        longest = max(map(len, prompt_ids)) + cfg.max_new_tokens
-        budget = cfg.micro_batch_tokens or micro_batch_token_budget(model, device, cfg.gradient_checkpointing,
-                                                                    use_bf16)
-        rows = max(1, min(cfg.micro_batch_size, cfg.prompts_per_step * cfg.group_size, budget // longest))
+        longest = max(map(len, prompt_ids)) + cfg.max_new_tokens  # the longest a rollout row can be
+        rows = min(_micro_batch_rows(model, cfg, longest, use_bf16), cfg.prompts_per_step * cfg.group_size)
         tokens = rows * longest
         print(describe_estimate("grpo", training_estimate(model, tokens, ref_model, cfg.gradient_checkpointing,
                                                           use_bf16), tokens),
@@ -486,9 +484,16 @@ def _rows_per_micro_batch(model, seqs, cfg, d, use_bf16: bool = False) -> int:
     must run as many times: there, `micro_batch_size` alone."""
     if d.sharded or not seqs:
         return cfg.micro_batch_size
+    longest = max(len(p) for p, _ in seqs) + max(len(c.token_ids) for _, c in seqs)  # rows pad to this
+    return _micro_batch_rows(model, cfg, longest, use_bf16)
+
+
+def _micro_batch_rows(model, cfg, longest: int, use_bf16: bool) -> int:
+    """Rows of `longest` tokens per micro-batch: `micro_batch_size`, fewer where that many would pass
+    `micro_batch_tokens` (default: `micro_batch_token_budget`, from the model's estimated activations).
+    The stage's printed estimate and its updates both size micro-batches here."""
     device = next(model.parameters()).device
     budget = cfg.micro_batch_tokens or micro_batch_token_budget(model, device, cfg.gradient_checkpointing, use_bf16)
-    longest = max(len(p) for p, _ in seqs) + max(len(c.token_ids) for _, c in seqs)  # rows pad to this
     return max(1, min(cfg.micro_batch_size, budget // longest))
 
 
