@@ -326,9 +326,13 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
                               stop_repetition=cfg.stop_repetition)
     todo = [i for i, r in enumerate(records) if i % size == rank
             and any((r["id"], j) not in done for j in range(cfg.n))]
-    if hasattr(engine, "memory_estimate") and todo:  # the hf engine: its memory is this process's
+    in_process = hasattr(engine, "memory_estimate") and bool(todo)  # the hf engine: its memory is this process's
+    if in_process:
+        from srlm.memory import peak_memory_gb, reset_peak_memory  # torch: only with an in-process engine
+
         print(engine.memory_estimate(f"eval {ref.name}", [len(ids[i]) for i in todo for _ in range(cfg.n)],
                                      sampling.max_new_tokens), file=sys.stderr, flush=True)
+        reset_peak_memory(engine.device)
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
 
@@ -366,6 +370,8 @@ def evaluate_benchmark(engine, tokenizer, ref, cfg, out_dir: Path, progress: boo
         (bench_dir / DISAGREEMENTS_FILE).unlink(missing_ok=True)  # an earlier audited run's, now stale
     summary["dataset"] = {"split": ref.split, "path": ref.path, "limit": ref.limit, "options": ref.options}
     summary["max_new_tokens"] = sampling.max_new_tokens  # after the context cap
+    # GiB this process held at most while it generated (hf engine; vLLM's and a server's memory are elsewhere)
+    summary["peak_memory_gb"] = peak_memory_gb(engine.device) if in_process else None
     if not summary["complete"]:
         _warn(f"{ref.name}: the summary is incomplete: not every one of the {len(records)} problems has its "
               f"{cfg.n} samples in {bench_dir}")
@@ -448,6 +454,8 @@ def evaluate(engine, tokenizer, cfg, out_dir: Path, model_name: str, progress: b
             pass  # written atomically: only someone else's edit can damage it; it is rebuilt below
     for name, result in results.items():  # a re-run adds its time to the earlier runs' (tokens/s stays true)
         result["wall_seconds"] += float(previous.get(name, {}).get("wall_seconds") or 0.0)
+        peaks = [p for p in (result["peak_memory_gb"], previous.get(name, {}).get("peak_memory_gb")) if p is not None]
+        result["peak_memory_gb"] = max(peaks, default=None)  # the largest of the runs that generated
     summary = {"model": model_name, "engine": engine_name, "settings": cfg.model_dump(),
                "srlm_version": __version__, "grader_version": grader_version(), "world_size": size,
                "wall_seconds": previous_wall + time.perf_counter() - t0, "benchmarks": {**previous, **results}}

@@ -143,12 +143,14 @@ def micro_batch_token_budget(model, device: torch.device, checkpointing: bool = 
     return max(1, budget // max(1, activation_bytes_per_token(model, checkpointing, low_precision)))
 
 
-def describe_estimate(stage: str, parts: dict[str, float], tokens: int | str) -> str:
-    """One line; `tokens`: tokens per micro-batch, or a phrase saying what the estimate is for."""
+def describe_estimate(stage: str, parts: dict[str, float], tokens: int | str,
+                      recorded_in: str = "the manifest") -> str:
+    """One line; `tokens`: tokens per micro-batch, or a phrase saying what the estimate is for;
+    `recorded_in`: where the measured peak will be (a stage's manifest, an evaluation's summary.json)."""
     total = sum(parts.values())
     detail = ", ".join(f"{name} {gb:.2f}" for name, gb in parts.items())
     per = f"{tokens} tokens per micro-batch" if isinstance(tokens, int) else tokens
-    return f"{stage}: memory estimate {total:.1f} GB ({detail}; {per}); the manifest records the measured peak"
+    return f"{stage}: memory estimate {total:.1f} GB ({detail}; {per}); {recorded_in} records the measured peak"
 
 
 def kv_bytes_per_token(model, dtype: torch.dtype | None = None) -> int:

@@ -35,9 +35,9 @@ def eval_args(model_dir, out, *extra):
 
 
 def without_wall(summary: dict) -> dict:
-    """The summary minus what depends on the clock."""
+    """The summary minus what depends on the clock, and the measured peak memory (the allocator's)."""
     if isinstance(summary, dict):
-        return {k: without_wall(v) for k, v in summary.items() if "wall" not in k}
+        return {k: without_wall(v) for k, v in summary.items() if "wall" not in k and k != "peak_memory_gb"}
     return summary
 
 
@@ -65,8 +65,11 @@ def test_eval_writes_samples_summary_and_table(model_dir, tmp_path, capsys):
         assert s["tokens_generated"] == sum(x["tokens"] for x in lines)
         for key in ("accuracy_se", "format_rate", "extraction_failure_rate", "no_answer", "wall_seconds"):
             assert key in s
+        assert s["peak_memory_gb"] > 0  # this process's, while it generated (hf engine)
         assert name in printed.out
     assert "accuracy (%)" in printed.out and "pass@k" in printed.out
+    assert "peak memory while generating (GiB): gsm8k " in printed.out
+    assert "summary.json records the measured peak" in printed.err  # the estimate line says where it goes
 
 
 @needs_data
@@ -194,6 +197,7 @@ def test_eval_with_openai_engine_against_local_server(model_dir, tmp_path):
         assert code == 0
         s = json.loads((out / "summary.json").read_text())["benchmarks"]["gsm8k"]
         assert s["format_rate"] == 1.0 and s["extraction_failure_rate"] == 0.0 and s["n_problems"] == 4
+        assert s["peak_memory_gb"] is None  # the server's memory is not this process's
     finally:
         httpd.shutdown()
         httpd.server_close()

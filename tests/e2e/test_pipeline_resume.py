@@ -69,7 +69,7 @@ FAULTS = [
     "report:mid_write",                      # every pipeline done, the report half-written
 ]
 # Metrics that measure the clock, not the computation.
-CLOCK = ("seconds", "per_s")
+CLOCK = ("seconds", "per_s", "peak_memory")  # measurements that differ from run to run
 
 
 def srlm_run(config: Path, run_dir: Path, fault: str | None) -> subprocess.CompletedProcess:

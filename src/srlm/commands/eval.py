@@ -186,5 +186,9 @@ def run(args) -> int:
     if world()[0] == 0:
         print(summary_table({**summary, "benchmarks": {r.name: summary["benchmarks"][r.name]
                                                        for r in cfg.benchmarks}}))
+        peaks = [f"{r.name} {summary['benchmarks'][r.name]['peak_memory_gb']:.2f}" for r in cfg.benchmarks
+                 if summary["benchmarks"][r.name].get("peak_memory_gb") is not None]
+        if peaks:  # the hf engine, in this process
+            print(f"peak memory while generating (GiB): {', '.join(peaks)}")
         print(f"wrote {out / 'summary.json'} and {out}/<benchmark>/samples.jsonl")
     return 0

@@ -235,7 +235,7 @@ class HFEngine:
         uses_lean = self.lean and lean_unsupported(self.model) is None
         copies = lean_copy_bytes(self.model, self.compute_dtype) / 1024 ** 3 if uses_lean else 0.0
         return describe_estimate(stage, eval_estimate(self.model, rows, columns, copies, self._cache_dtype()),
-                                 f"{rows} rows x {columns} tokens decoded together")
+                                 f"{rows} rows x {columns} tokens decoded together", "summary.json")
 
     def _stops(self, sampling: SamplingParams) -> _Stops:
         """Stop token ids, plus stop strings that the tokenizer encodes as one token (checked by id)."""
