@@ -1,5 +1,6 @@
 """Process memory: an allocator setting that lets freed activations leave the process, the estimate a
-training stage prints when it starts, and the measured peak its manifest records.
+training stage or an evaluation prints when it starts, and the measured peak that its manifest or
+summary.json records.
 """
 
 from __future__ import annotations
